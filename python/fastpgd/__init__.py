@@ -1,0 +1,15 @@
+"""fastpgd: fast, measurable adversarial training for PyTorch.
+
+Two parts that meet in one training loop: a low-overhead lap stopwatch
+(:class:`Stopwatch`, :class:`Timers`) that times each phase of a training step,
+and a fused, batched PGD attack whose update step is one C++/CUDA kernel.
+"""
+
+__version__ = "0.1.0"
+
+from fastpgd._ext import extension_info
+
+__all__ = [
+    "__version__",
+    "extension_info",
+]

@@ -1,0 +1,3 @@
+from fastpgd.cli import main
+
+raise SystemExit(main())
