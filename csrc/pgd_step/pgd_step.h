@@ -70,6 +70,29 @@ FASTPGD_HD T linf_update(T xa, T g, T x0, T alpha, T eps, bool has_clamp, T lo, 
   return x;
 }
 
+// L2, first pass per sample: the displacement from x0 after the ascent step, in opmath T.
+// `gnorm` is max(||g_i||, tiny), computed by the caller (accumulated in double, rounded to T).
+template <typename T>
+FASTPGD_HD T l2_delta(T xa, T g, T x0, T alpha, T gnorm) {
+  T x = xa + alpha * g / gnorm;
+  return x - x0;
+}
+
+// L2 projection factor min(1, e / max(||d_i||, tiny)).
+template <typename T>
+FASTPGD_HD T l2_factor(T eps, T dnorm, T tiny) {
+  T f = eps / (dnorm > tiny ? dnorm : tiny);
+  return f < T(1) ? f : T(1);
+}
+
+// L2, last pass per element: back into the ball, then into [lo, hi].
+template <typename T>
+FASTPGD_HD T l2_project(T d, T x0, T factor, bool has_clamp, T lo, T hi) {
+  T x = x0 + d * factor;
+  if (has_clamp) x = min_nan(max_nan(x, lo), hi);
+  return x;
+}
+
 // Host entry points (defined in cpu/pgd_step_kernel.cpp and cuda/pgd_step_kernel.cu).
 void pgd_step_cpu(const StepParams& p);
 #ifdef FASTPGD_WITH_CUDA
