@@ -107,7 +107,11 @@ def call_cases() -> tuple[dict, dict]:
         skipped['with timers("x"): pass'] = "skipped: fastpgd.Timers not available"
     else:
         timers = timers_cls()
-        cases['with timers("x"): pass'] = ('with timers("x"):\n    pass', "pass", {"timers": timers})
+        cases['with timers("x"): pass'] = (
+            'with timers("x"):\n    pass',
+            "pass",
+            {"timers": timers},
+        )
     timer_cls = load_codetiming()
     if timer_cls is None:
         skipped["codetiming start+stop"] = "skipped: codetiming not installed"
@@ -138,8 +142,10 @@ def measure_calls(number: int, repeat: int) -> tuple[dict, dict]:
             "q1_ns": q1,
             "q3_ns": q3,
             "min_ns": min(ns),
-            "net_median_ns": statistics.median(a - b for a, b in zip(ns, loop)),
-            "ratio_vs_perf_counter_ns": statistics.median(a / b for a, b in zip(ns, floor)),
+            "net_median_ns": statistics.median(a - b for a, b in zip(ns, loop, strict=True)),
+            "ratio_vs_perf_counter_ns": statistics.median(
+                a / b for a, b in zip(ns, floor, strict=True)
+            ),
             "samples_ns": ns,
         }
     return results, skipped
@@ -237,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
 
     lt = measure_lap_times(args.laps, max(3, min(args.repeat, 9)))
-    header = f"{f'{args.laps:.0e} laps -> list of floats':<46} {'median ms':>10} {'min..max ms':>17} {'x list':>7}"
+    title = f"{args.laps:.0e} laps -> list of floats"
+    header = f"{title:<46} {'median ms':>10} {'min..max ms':>17} {'x list':>7}"
     print(header)
     print("-" * len(header))
     for name, r in lt["times"].items():

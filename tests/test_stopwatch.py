@@ -15,7 +15,6 @@ import weakref
 
 import pytest
 from conftest import needs_ext
-
 from fastpgd import _ext
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
 

@@ -13,12 +13,11 @@ from contextlib import ExitStack
 
 import pytest
 from conftest import needs_ext
+from fastpgd import _ext
+from fastpgd.stopwatch import PyStopwatch, StopwatchError
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-
-from fastpgd import _ext
-from fastpgd.stopwatch import PyStopwatch, StopwatchError
 
 
 class Model:
@@ -39,7 +38,9 @@ class Model:
         return None
 
     def current(self, now):
-        pieces = self.intervals + ([(self.running_since, now)] if self.running_since is not None else [])
+        pieces = self.intervals + (
+            [(self.running_since, now)] if self.running_since is not None else []
+        )
         return min(sum(max(0, end - begin) for begin, end in pieces), 2**63 - 1)
 
     def start(self, now):

@@ -380,12 +380,26 @@ void bind_stopwatch(pybind11::module_& m) {
   StopwatchType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC;
   StopwatchType.tp_doc =
       "Stopwatch(strict=False, clock=None)\n\n"
-      "A lap stopwatch on a monotonic clock (steady_clock), implemented in C++.\n\n"
+      "A lap stopwatch on a monotonic wall clock (steady_clock), implemented in C++.\n\n"
+      "States: never started, running, stopped. stop() pauses the current lap and start() "
+      "resumes it, so start, lap, stop, <pause>, start, lap records a second lap without "
+      "the pause. Laps are kept as int64 nanoseconds (8 bytes each, at most 16 with the "
+      "vector's spare capacity) and returned as float seconds. A clock going backwards "
+      "gives laps of 0, never negative ones. Same API and results as PyStopwatch.\n\n"
       "Args:\n"
-      "    strict (bool): raise StopwatchError on misuse instead of doing nothing. "
-      "Default: False.\n"
-      "    clock (callable, optional): zero-argument callable returning int nanoseconds, "
-      "like time.perf_counter_ns. Default: None (steady_clock read in C++).";
+      "    strict (bool): raise StopwatchError on misuse (start() while running, "
+      "stop()/lap() while not running) instead of doing nothing. Default: False.\n"
+      "    clock (Callable[[], int], optional): zero-argument callable returning int "
+      "nanoseconds, like time.perf_counter_ns; a reading that is not an int raises "
+      "TypeError at the call that reads it. Default: None (steady_clock read in C++).\n\n"
+      "Examples::\n\n"
+      "    >>> sw = Stopwatch()\n"
+      "    >>> with sw:\n"
+      "    ...     pass\n"
+      "    >>> sw.start()\n"
+      "    >>> seconds = sw.lap()\n"
+      "    >>> len(sw)\n"
+      "    1";
   StopwatchType.tp_new = sw_new;
   StopwatchType.tp_dealloc = sw_dealloc;
   StopwatchType.tp_traverse = sw_traverse;
