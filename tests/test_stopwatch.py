@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -412,6 +413,22 @@ def test_cpp_raises_the_python_error_class():
     sw = _ext._C.Stopwatch(strict=True)
     with pytest.raises(StopwatchError):
         sw.stop()
+
+
+@needs_ext
+def test_cpp_finds_the_error_class_on_its_own():
+    # A fresh interpreter that never imports fastpgd.stopwatch itself.
+    code = (
+        "import fastpgd._C as c\n"
+        "try:\n"
+        "    c.Stopwatch(strict=True).lap()\n"
+        "except Exception as e:\n"
+        "    print(type(e).__module__, type(e).__qualname__, isinstance(e, RuntimeError))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    assert out == ["fastpgd.stopwatch", "StopwatchError", "True"]
 
 
 @needs_ext
