@@ -8,8 +8,12 @@ and a fused, batched PGD attack whose update step is one C++/CUDA kernel.
 __version__ = "0.1.0"
 
 from fastpgd._ext import extension_info
+from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
 
 __all__ = [
     "__version__",
     "extension_info",
+    "PyStopwatch",
+    "Stopwatch",
+    "StopwatchError",
 ]
