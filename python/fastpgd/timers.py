@@ -313,7 +313,11 @@ class Timers:
         ['step', 'attack', 'update']
         >>> timers.count("attack")
         3
-        >>> table = timers.report(file=io.StringIO())  # doctest: +SKIP
+        >>> timers.parents()
+        {'step': None, 'attack': 'step', 'update': 'step'}
+        >>> sorted(timers.summary()["attack"])
+        ['count', 'max', 'mean', 'median', 'min', 'p95', 'share', 'total']
+        >>> table = timers.report(file=sys.stderr)  # prints a table in ms
     """
 
     def __init__(self, sync: str | None = None, clock: Callable[[], int] | None = None) -> None:
