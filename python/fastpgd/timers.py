@@ -332,7 +332,9 @@ class Timers:
             if sync == "events":
                 raise ValueError("clock cannot be combined with sync='events' (events keep time)")
             if not callable(clock):
-                raise TypeError(f"clock must be a callable returning int nanoseconds, got {clock!r}")
+                raise TypeError(
+                    f"clock must be a callable returning int nanoseconds, got {clock!r}"
+                )
             reading = clock()
             if not isinstance(reading, int) or isinstance(reading, bool):
                 raise TypeError(
