@@ -197,9 +197,11 @@ class _EventSection(_Section):
         pending, pool, laps = self._pending, self._timers._pool, self._laps
         done = 0
         for start, end in pending:
+            # Both ends are checked: a block may switch streams between enter and exit.
             if block:
+                start.synchronize()
                 end.synchronize()
-            elif not end.query():
+            elif not (end.query() and start.query()):
                 break
             laps.append(round(start.elapsed_time(end) * 1e6))  # ms -> ns
             pool.append(start)
