@@ -319,11 +319,13 @@ class Timers:
             clock read (exact, but stalls the host twice per block).
             ``"events"``: record a ``torch.cuda.Event`` on the current stream at
             enter and exit and read the elapsed times only when laps are read,
-            so the loop never stalls; times then measure the GPU stream.
-            ``"cuda"`` and ``"events"`` need a CUDA device.
+            so the loop never stalls; times then measure the GPU stream. Events
+            belong to the device current when they are created: keep one
+            ``Timers`` per device. ``"cuda"`` and ``"events"`` need a CUDA device.
         clock (callable, optional): zero-argument function returning a
             non-negative integer number of nanoseconds from a monotonic clock.
-            Default: :func:`time.perf_counter_ns`. Not allowed with ``"events"``.
+            Called once at construction to check it. Default:
+            :func:`time.perf_counter_ns`. Not allowed with ``"events"``.
 
     Examples::
 
@@ -679,8 +681,9 @@ class Timers:
         """Gather every rank's figures and reduce them to min / mean / max across ranks.
 
         A collective call: with ``torch.distributed`` initialised every rank of
-        ``group`` must call it. Without it, returns this process's figures with
-        ``world_size`` 1.
+        ``group`` must call it (with NCCL, after ``torch.cuda.set_device``, as
+        ``all_gather_object`` requires). Without it, returns this process's
+        figures with ``world_size`` 1.
 
         Args:
             group (ProcessGroup, optional): the group to gather over. Default: the
