@@ -341,6 +341,7 @@ def test_state_dict_round_trip_and_resume():
         (lambda s: s["parents"].update(attack="ghost"), ValueError, "ghost"),
         (lambda s: s["laps"].update(attack=[1.5]), ValueError, "non-negative int"),
         (lambda s: s["laps"].update(attack=[-1]), ValueError, "non-negative int"),
+        (lambda s: s["laps"].update(attack=[2**63]), ValueError, "non-negative int"),
         (lambda s: s["parents"].pop("attack"), ValueError, "same names"),
         (lambda s: s.update(laps=[]), TypeError, "dicts"),
     ],
