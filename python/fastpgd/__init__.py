@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from fastpgd._ext import extension_info
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
+from fastpgd.timers import Timers
 
 __all__ = [
     "__version__",
@@ -16,4 +17,5 @@ __all__ = [
     "PyStopwatch",
     "Stopwatch",
     "StopwatchError",
+    "Timers",
 ]
