@@ -24,7 +24,7 @@ _L2_TINY = 1e-12
 
 
 def _check_real(value, name: str) -> float:
-    if isinstance(value, bool) or isinstance(value, torch.Tensor):
+    if isinstance(value, (bool, str, bytes, torch.Tensor)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:
         return float(value)
@@ -177,9 +177,11 @@ def _fallback_(x_adv, grad, x0, eps, alpha, norm, clamp):
     if isinstance(x_adv, torch.Tensor):
         _check_x_adv_grad_mode(x_adv)
     out = reference_pgd_step(x_adv, grad, x0, eps=eps, alpha=alpha, norm=norm, clamp=clamp)
-    if not x_adv.is_contiguous():
-        raise ValueError(f"x_adv must be contiguous, got strides {x_adv.stride()} for shape "
-                         f"{list(x_adv.shape)} (call .contiguous())")
+    # The same layout rules as the kernel, so code tested without the extension runs with it.
+    for name, t in (("grad", grad), ("x0", x0), ("x_adv", x_adv)):
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous, got strides {t.stride()} for shape "
+                             f"{list(t.shape)} (call .contiguous())")
     with torch.no_grad():
         x_adv.copy_(out)
     return x_adv
@@ -241,9 +243,9 @@ def pgd_step_(
         if x_adv.requires_grad:
             _check_x_adv_grad_mode(x_adv)
         # The DLPack export refuses tensors that require grad; grad and x0 are only read.
-        if grad.requires_grad:
+        if isinstance(grad, torch.Tensor) and grad.requires_grad:
             grad = grad.detach()
-        if x0.requires_grad:
+        if isinstance(x0, torch.Tensor) and x0.requires_grad:
             x0 = x0.detach()
         if isinstance(eps, torch.Tensor) and eps.requires_grad:
             eps = eps.detach()
