@@ -331,6 +331,7 @@ PyObject* pgd_step_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
           rethrow_python_error("the current CUDA stream of x_adv could not be queried");
         }
       }
+      p.device = dev.device_id;
       pgd_step_cuda(p, stream);
     }
 #endif

@@ -40,6 +40,7 @@ struct StepParams {
   bool has_clamp = true;
   double lo = 0.0;
   double hi = 1.0;
+  int device = 0;               // CUDA device ordinal of the tensors (ignored on the CPU)
 };
 
 // The tiny floor of both L2 norms (same value in the reference).

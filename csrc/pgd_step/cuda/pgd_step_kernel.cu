@@ -307,11 +307,10 @@ void dispatch(const StepParams& p, int sms, cudaStream_t stream) {
 void pgd_step_cuda(const StepParams& p, void* stream) {
   if (p.batch <= 0 || p.sample_numel <= 0) return;  // nothing to do, nothing to launch
   const auto s = static_cast<cudaStream_t>(stream);
-  // Launch on the stream's own device, whatever device is current.
-  int device = 0;
-  cuda::check_cuda(cudaStreamGetDevice(s, &device), "cudaStreamGetDevice");
-  DeviceGuard guard(device);
-  const int sms = multiprocessor_count(device);
+  // Launch on the tensors' device, whatever device this runtime has current. The stream may be
+  // the legacy default stream (PyTorch's default current stream), whose device is not its own.
+  DeviceGuard guard(p.device);
+  const int sms = multiprocessor_count(p.device);
   switch (p.dtype) {
     case DType::kFloat32:
       dispatch<float>(p, sms, s);
