@@ -74,13 +74,27 @@ void for_each_segment(int64_t batch, int64_t n, Fn fn) {
   }
 }
 
+// The innermost loop, a function of its own so that target_clones gives it an AVX2 body (a
+// lambda's body is a separate function that the clones would not cover).
 template <typename D, bool kClamp>
-FASTPGD_CLONES void linf_impl(const StepParams& p) {
+FASTPGD_CLONES void linf_segment(typename D::S* __restrict x, const typename D::S* __restrict g,
+                                 const typename D::S* __restrict x0, int64_t begin, int64_t end,
+                                 typename D::T alpha, typename D::T eps, typename D::T lo,
+                                 typename D::T hi) {
+  using T = typename D::T;
+  for (int64_t i = begin; i < end; ++i) {
+    x[i] = D::store(linf_update<T>(D::load(x[i]), D::load(g[i]), D::load(x0[i]), alpha, eps,
+                                   kClamp, lo, hi));
+  }
+}
+
+template <typename D, bool kClamp>
+void linf_impl(const StepParams& p) {
   using S = typename D::S;
   using T = typename D::T;
-  S* __restrict x = static_cast<S*>(p.x_adv);
-  const S* __restrict g = static_cast<const S*>(p.grad);
-  const S* __restrict x0 = static_cast<const S*>(p.x0);
+  S* x = static_cast<S*>(p.x_adv);
+  const S* g = static_cast<const S*>(p.grad);
+  const S* x0 = static_cast<const S*>(p.x0);
   const S* eps_ps = static_cast<const S*>(p.eps_per_sample);
   const T alpha = T(p.alpha), lo = T(p.lo), hi = T(p.hi), eps_scalar = T(p.eps);
   // A 1-D tensor has one element per sample; treating it as one sample keeps the loop long.
@@ -89,10 +103,7 @@ FASTPGD_CLONES void linf_impl(const StepParams& p) {
   const int64_t n = flat ? p.batch * p.sample_numel : p.sample_numel;
   for_each_segment(batch, n, [&](int64_t sample, int64_t begin, int64_t end) {
     const T eps = flat ? eps_scalar : D::load(eps_ps[sample]);
-    for (int64_t i = begin; i < end; ++i) {
-      x[i] = D::store(linf_update<T>(D::load(x[i]), D::load(g[i]), D::load(x0[i]), alpha, eps,
-                                     kClamp, lo, hi));
-    }
+    linf_segment<D, kClamp>(x, g, x0, begin, end, alpha, eps, lo, hi);
   });
 }
 
