@@ -11,6 +11,22 @@ build_info: dict
 def cuda_device_count() -> int:
     """Number of CUDA devices the extension's own runtime sees (0 without CUDA kernels)."""
 
+def pgd_step_(
+    x_adv: object,
+    grad: object,
+    x0: object,
+    eps: float | object,
+    alpha: float,
+    norm: str,
+    clamp: tuple[float, float] | None,
+    stream: int | None = None,
+    /,
+) -> None:
+    """The fused PGD step on DLPack tensors, in place on ``x_adv`` (see fastpgd.pgd_step_)."""
+
+def _cast(src: object, dst: object, /) -> None:
+    """Test hook: convert float32 <-> float16/bfloat16 with the kernels' own rounding."""
+
 def _set_stopwatch_error(cls: type[RuntimeError]) -> None:
     """Register ``fastpgd.StopwatchError`` as the class strict mode raises."""
 
