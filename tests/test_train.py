@@ -96,6 +96,12 @@ def test_phases_are_timed_and_reported(tmp_path):
     assert 0.0 <= result.pgd_acc <= 1.0 and 0.0 <= result.clean_acc <= 1.0
 
 
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    _run(max_steps=2, plot=str(tmp_path / "phases.png"))
+    assert (tmp_path / "phases.png").stat().st_size > 0
+
+
 def test_natural_training_has_no_attack_phase():
     result, text = _run(attack="none", epochs=1)
     assert "attack" not in result.timers.names()
@@ -171,31 +177,32 @@ def test_checkpoint_contents_load_weights_only(tmp_path):
 
 
 class _SignalAt(ImageDataset):
-    """Sends SIGTERM to this process while the given batch is fetched."""
+    """Sends a signal to this process while the given batch is fetched."""
 
-    def __init__(self, base: ImageDataset, at: int):
+    def __init__(self, base: ImageDataset, at: int, signum: int):
         super().__init__(base.images, base.labels, base.scale, base.num_classes, base.name)
-        self.fetches, self.at = 0, at
+        self.fetches, self.at, self.signum = 0, at, signum
 
     def __getitem__(self, index):
         if isinstance(index, list):
             self.fetches += 1
             if self.fetches == self.at:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), self.signum)
         return super().__getitem__(index)
 
 
-def test_sigterm_writes_a_checkpoint_that_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_writes_a_checkpoint_that_resumes_exactly(tmp_path, signum):
     straight, _ = _run(max_steps=5, epochs=2)
     ckpt = tmp_path / "run.pt"
     config = TrainConfig(**{**TINY, "max_steps": 5, "epochs": 2, "checkpoint": str(ckpt)})
     base = Trainer(config, out=io.StringIO())
-    handler_before = signal.getsignal(signal.SIGTERM)
-    trainer = Trainer(config, train_set=_SignalAt(base.train_set, at=3),
+    handler_before = signal.getsignal(signum)
+    trainer = Trainer(config, train_set=_SignalAt(base.train_set, at=3, signum=signum),
                       test_set=base.test_set, out=io.StringIO())  # fmt: skip
     result = trainer.fit()
     assert result.interrupted and result.steps == 3
-    assert signal.getsignal(signal.SIGTERM) == handler_before  # the handler is restored
+    assert signal.getsignal(signum) == handler_before  # the handler is restored
     assert torch.load(ckpt, weights_only=True)["step"] == 3
     resumed, _ = _run(max_steps=5, epochs=2, checkpoint=str(ckpt), resume=True)
     _assert_same_weights(_params(straight.model), _params(resumed.model))
