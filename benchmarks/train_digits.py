@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest on a small shared CPU (default: 1)")
     parser.add_argument("--epochs", type=int, help="override the default epochs (for a quick look)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_digits.json"))
+    default_out = Path(__file__).parent / "results" / "train_digits.json"
+    parser.add_argument("--out", default=str(default_out))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
     print(f"PGD accuracy at eps {config.eps:g}: adversarial (fused) {fused['pgd_acc']:.1%}, "
           f"natural {fused['natural']['pgd_acc']:.1%}: {summary['pgd_gain_points']:+.1f} points")
     for run in runs:
-        print(f"attack {run['attack']:<9}: attack lap median {run['attack_lap']['median_ms']:.2f} ms"
+        attack_ms = run["attack_lap"]["median_ms"]
+        print(f"attack {run['attack']:<9}: attack lap median {attack_ms:.2f} ms"
               f" (step {run['step_lap']['median_ms']:.2f} ms), wall {run['wall_s']:.0f} s")
     print(f"written: {out}")
     return 0

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fastpgd import data
 from fastpgd.data import IDXFormatError, load_dataset, read_idx
 
@@ -172,7 +171,7 @@ def test_idx_missing_files_and_arguments(tmp_path):
         load_dataset("cifar10")
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
 def test_real_fashion_mnist():
     test = load_dataset("fashion-mnist", "test", data_dir=FASHION)
     assert len(test) == 10_000 and test.image_shape == (1, 28, 28)
@@ -190,7 +189,8 @@ def test_synthetic_seeded_and_in_range():
         data.synthetic(30, image_size=5, seed=4)  # fmt: skip
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.images, c.images)
-    assert a.images.shape == (30, 1, 5, 5) and 0 <= float(a.images.min()) <= float(a.images.max()) <= 1
+    assert a.images.shape == (30, 1, 5, 5)
+    assert 0 <= float(a.images.min()) <= float(a.images.max()) <= 1
     train = load_dataset("synthetic", "train", synthetic_size=40, image_size=6)
     test = load_dataset("synthetic", "test", synthetic_size=40, image_size=6)
     assert (len(train), len(test)) == (40, 8)

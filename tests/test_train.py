@@ -10,7 +10,6 @@ import signal
 
 import pytest
 import torch
-
 from fastpgd import train as train_mod
 from fastpgd.data import ImageDataset, synthetic
 from fastpgd.train import CheckpointError, TrainConfig, Trainer, train
@@ -296,9 +295,11 @@ def test_cli_rejects_bad_values(capsys):
 
 def test_digits_default_run_smoke():
     # The default dataset end to end, shortened.
-    result, text = train(dataset="digits", max_steps=2, attack_steps=2, eval_limit=40,
-                         eval_steps=2, eval_restarts=1, quiet=True, out=io.StringIO()), None
+    out = io.StringIO()
+    result = train(dataset="digits", max_steps=2, attack_steps=2, eval_limit=40, eval_steps=2,
+                   eval_restarts=1, quiet=True, out=out)
     assert result.steps == 2 and result.config.image_size == 8
+    assert "digits test split at eps 0.2" in out.getvalue()
 
 
 def test_trainer_rejects_wrong_types():

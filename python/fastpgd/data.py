@@ -1,4 +1,4 @@
-"""Datasets for adversarial training: digits (shipped), MNIST / Fashion-MNIST (IDX files), synthetic.
+"""Datasets for adversarial training: digits (shipped), MNIST/Fashion-MNIST (IDX), synthetic.
 
 - ``digits``: the 1797 real 8x8 handwritten digits of the UCI "Optical Recognition of Handwritten
   Digits" set (E. Alpaydin, C. Kaynak; CC BY 4.0), shipped inside the package so that training

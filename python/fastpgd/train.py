@@ -36,7 +36,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -573,7 +573,10 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "position": self.position,
-            "data_order": {"seed": self.config.seed, "epoch": self.epoch, "position": self.position},
+            # The order of an epoch is drawn from seed + epoch (see _EpochBatches): this is
+            # the whole state of the data-order generator.
+            "data_order": {"seed": self.config.seed, "epoch": self.epoch,
+                           "position": self.position},  # fmt: skip
             "rng": _rng_state(),
             "attack_generators": states,
             "timers": self.timers.state_dict(),
@@ -605,7 +608,8 @@ class Trainer:
         saved = ckpt.get("config", {})
         for name in _TRAJECTORY_FIELDS:
             if saved.get(name) != getattr(self.config, name):
-                problems.append(f"{name}={saved.get(name)!r} (this run: {getattr(self.config, name)!r})")
+                ours = getattr(self.config, name)
+                problems.append(f"{name}={saved.get(name)!r} (this run: {ours!r})")
         if problems:
             raise CheckpointError(
                 f"checkpoint {path} comes from a different run and cannot be continued: "
@@ -655,7 +659,9 @@ class Trainer:
         steps = c.eval_steps if steps is None else steps
         restarts = c.eval_restarts if restarts is None else restarts
         attack_fn = self._attack_fn(for_eval=True)
-        n_total = len(self.test_set) if c.eval_limit is None else min(c.eval_limit, len(self.test_set))
+        n_total = len(self.test_set)
+        if c.eval_limit is not None:
+            n_total = min(c.eval_limit, n_total)
         indices = list(range(self.dist.rank, n_total, self.dist.world_size))
         # Its own seed: evaluating must not move the training generators (resume equality).
         gen = torch.Generator(device=self.device)
