@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from fastpgd import data
 from fastpgd.data import IDXFormatError, load_dataset, read_idx
 

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+
 from fastpgd import train as train_mod
 from fastpgd.data import ImageDataset, synthetic
 from fastpgd.train import CheckpointError, TrainConfig, Trainer, train

@@ -67,7 +67,7 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
 
     # Rank 0 reports (with the across-ranks table) and checkpoints; rank 1 stays silent.
     log0 = (tmp_path / "rank0.log").read_text()
-    assert "across ranks" in log0 and "2 processes" in log0 and "PGD" in log0
+    assert "Timers across 2 ranks" in log0 and "2 processes" in log0 and "PGD" in log0
     assert (tmp_path / "rank1.log").read_text() == ""
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["attack_generators"]) == 2

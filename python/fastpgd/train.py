@@ -398,26 +398,6 @@ def _make_timers(sync: str):
     return Timers(sync=None if sync == "none" else sync)
 
 
-def _format_gathered(gathered) -> str:
-    """A table of what ``Timers.gather()`` returned: one row per name, one column per statistic."""
-    if not isinstance(gathered, dict) or not gathered:
-        return str(gathered)
-    columns: list[str] = []
-    for stats in gathered.values():
-        for key in stats if isinstance(stats, dict) else ():
-            if key not in columns:
-                columns.append(key)
-    width = max(len(str(n)) for n in gathered)
-    lines = [f"{'across ranks':<{width}}" + "".join(f"{c:>12}" for c in columns)]
-    for name, stats in gathered.items():
-        cells = []
-        for c in columns:
-            v = stats.get(c) if isinstance(stats, dict) else None
-            cells.append(f"{v:>12.4g}" if isinstance(v, (int, float)) else f"{str(v):>12}")
-        lines.append(f"{str(name):<{width}}" + "".join(cells))
-    return "\n".join(lines)
-
-
 class Trainer:
     """Adversarial training of :class:`~fastpgd.models.MadryCNN` with timed phases.
 
@@ -708,11 +688,12 @@ class Trainer:
 
     def report(self) -> str:
         """The phase table (and, when distributed, min/mean/max across ranks); collective."""
-        buf = io.StringIO()
-        text = self.timers.report(parent="step", file=buf)
-        text = text if isinstance(text, str) and text else buf.getvalue()
+        # Into a buffer: the caller decides where (and on which rank) the text goes.
+        text = self.timers.report(parent="step", file=io.StringIO())
         if self.dist.enabled:
-            text = text.rstrip("\n") + "\n" + _format_gathered(self.timers.gather())
+            gathered = self.timers.gather()
+            across = self.timers.report(parent="step", file=io.StringIO(), gathered=gathered)
+            text = f"{text.rstrip()}\n{across}"
         return text
 
     def fit(self) -> TrainResult:
