@@ -253,27 +253,35 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
         from tqdm import tqdm
 
         progress = tqdm(total=total, desc=f"bench {workload}", file=sys.stderr, leave=False)
+    def once(name):
+        if progress is not None:
+            progress.set_postfix_str(name)
+        sync()
+        start = time.perf_counter()
+        runners[name]()
+        sync()
+        elapsed = time.perf_counter() - start
+        if progress is not None:
+            progress.update(1)
+        return elapsed * scale.get(name, 1.0)
+
+    # Round robin (each repeat runs every method once) rather than method after method: on a
+    # shared, noisy machine a burst of load then hits all methods alike, not one of them.
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for name in timed:
+        for _ in range(warmup):
+            once(name)
+    for _ in range(repeats):
+        for name in timed:
+            times[name].append(once(name))
     results: dict[str, dict] = {}
     for name in methods:
         if name in skipped:
             results[name] = {"status": skipped[name]}
             continue
-        fn = runners[name]
-        times = []
-        for i in range(warmup + repeats):
-            if progress is not None:
-                progress.set_postfix_str(name)
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            elapsed = time.perf_counter() - start
-            if i >= warmup:
-                times.append(elapsed * scale.get(name, 1.0))
-            if progress is not None:
-                progress.update(1)
-        results[name] = {"status": "ok", "times_s": times, "median_s": statistics.median(times),
-                         "min_s": min(times), "max_s": max(times)}
+        t = times[name]
+        results[name] = {"status": "ok", "times_s": t, "median_s": statistics.median(t),
+                         "min_s": min(t), "max_s": max(t)}
     if progress is not None:
         progress.close()
 
