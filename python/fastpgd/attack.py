@@ -4,7 +4,8 @@
 step. The fused attack updates its buffer in place with :func:`fastpgd.step.pgd_step_` (one
 C++/CUDA kernel when the extension is in use), the reference recomputes it out of place with
 plain PyTorch ops (:func:`fastpgd.step.reference_pgd_step`). With the same generator both
-return equal tensors.
+return equal tensors (Linf, float32/float64: bit for bit; L2: within float32 rounding, as the
+kernel sums the norms in its own order).
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def _validate(model, x, y, eps, alpha, steps, norm, loss_fn, clamp, model_mode, 
         if device is not None and device != x.device:
             raise ValueError(f"model is on {device} but x is on {x.device}; move one of them")
     eps = _check_budget("eps", eps, x)
+    if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
+        # The fused kernel takes one step size; per-sample radii cover the per-sample use case.
+        raise TypeError("alpha must be a number (one step size for the batch), got a tensor "
+                        f"of shape {tuple(alpha.shape)}")
     alpha = _check_budget("alpha", alpha, x)
     if clamp is not None:
         if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2):
@@ -425,7 +430,7 @@ _DOC = """{summary}
         y (Tensor[N]): integer labels (the true class, or the target when ``targeted``).
             With a custom ``loss_fn``, anything with ``N`` rows that it accepts.
         eps (float or Tensor[N]): radius of the perturbation ball, one value or one per sample.
-        alpha (float or Tensor[N]): step size, one value or one per sample.
+        alpha (float): step size.
         steps (int): number of gradient steps; ``0`` returns the (random) start point.
         norm (str): ``"linf"`` or ``"l2"`` (norms over all non-batch dims of each sample).
             Default: ``"linf"``.
@@ -453,7 +458,7 @@ _DOC = """{summary}
             gradient is cast to ``x``'s dtype before the step. Default: ``None``.
         cuda_graph (bool): CUDA only: capture one whole step in a CUDA graph (after warm-up
             on a side stream) and replay it ``steps`` times. The graph is cached per model,
-            shape, dtype, device, norm, loss and scalar budgets; the model's parameters must
+            shape, dtype, device, norm, loss, alpha and a scalar eps; the model's parameters must
             keep their storage between calls (in-place optimizer updates are fine).
             Default: ``False``.
 
@@ -507,6 +512,6 @@ fused_pgd.__doc__ = _DOC.format(
 reference_pgd.__doc__ = _DOC.format(
     summary="Batched PGD attack in plain PyTorch: the baseline :func:`fused_pgd` must match.",
     backend="The update uses :func:`fastpgd.step.reference_pgd_step` (out of place). With the "
-    "same generator it returns what :func:`fused_pgd` returns.",
+    "same generator it returns what :func:`fused_pgd` returns (Linf: bit for bit).",
     name="reference_pgd",
 )
