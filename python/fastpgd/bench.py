@@ -1,0 +1,413 @@
+"""``fastpgd bench``: the PGD attack timed side by side with its baselines, in one process.
+
+Methods (all on the same model, batch and budget):
+
+- ``per-example``: the naive loop this project started from: each example attacked alone
+  (batch of one, ``steps`` forward/backward passes each) with plain PyTorch ops. It is slow, so
+  it runs on the first ``per_example_subset`` examples of the batch and its times are scaled
+  by ``batch_size / per_example_subset`` (examples are independent, so the cost is linear).
+- ``reference``: :func:`fastpgd.reference_pgd`, batched, out-of-place PyTorch update.
+- ``fused``: :func:`fastpgd.fused_pgd`, batched, fused in-place update.
+- ``fused-graph``: ``fused_pgd(cuda_graph=True)`` (CUDA only).
+- ``torchattacks``: ``torchattacks.PGD`` where installed (mean cross-entropy: the same gradient
+  sign, so the same Linf attack up to rounding).
+- ``floor``: ``steps`` x (forward + backward w.r.t. the input) of the model alone, the time no
+  attack can beat without changing the model's arithmetic.
+
+Inputs are synthetic (uniform in [0, 1], random labels): timing does not depend on the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["WORKLOADS", "METHODS", "run_bench", "add_parser", "main"]
+
+METHODS = ("per-example", "reference", "fused", "fused-graph", "torchattacks", "floor")
+BASELINES = ("per-example", "reference", "torchattacks")
+
+
+def _madry():
+    from fastpgd.models import MadryCNN
+
+    return MadryCNN(in_channels=1, image_size=28, num_classes=10)
+
+
+def _resnet():
+    from fastpgd.models import SmallResNet
+
+    return SmallResNet()
+
+
+WORKLOADS = {
+    "madry-mnist": dict(model=_madry, shape=(1, 28, 28), batch_size=50, eps=0.3, alpha=0.01,
+                        steps=40, classes=10),
+    "cifar": dict(model=_resnet, shape=(3, 32, 32), batch_size=128, eps=8 / 255, alpha=2 / 255,
+                  steps=10, classes=10),
+}
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16}
+
+
+def _per_example_pgd(model, x, y, eps, alpha, steps, generator):
+    """The naive attack: one example at a time, the classic PyTorch update chain."""
+    out = []
+    for i in range(x.shape[0]):
+        xi, yi = x[i : i + 1], y[i : i + 1]
+        u = torch.rand(xi.shape, generator=generator, device=xi.device, dtype=torch.float32)
+        xa = (xi + ((u * 2 - 1) * eps).to(xi.dtype)).clamp(0, 1)
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            loss = F.cross_entropy(model(xa), yi)
+            (grad,) = torch.autograd.grad(loss, xa)
+            xa = xa.detach() + alpha * grad.sign()
+            xa = torch.min(torch.max(xa, xi - eps), xi + eps).clamp(0, 1)
+        out.append(xa.detach())
+    return torch.cat(out)
+
+
+def _floor(model, x, y, steps):
+    for _ in range(steps):
+        inp = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(inp), y, reduction="sum")
+        torch.autograd.grad(loss, inp)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine(device: torch.device) -> dict:
+    from fastpgd import extension_info
+
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "extension_info": extension_info(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _check_valid(name, x_adv, x, eps, tol):
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"{name}: output shape {tuple(x_adv.shape)} != {tuple(x.shape)}")
+    dist = (x_adv.float() - x.float()).abs().max().item()
+    lo, hi = x_adv.min().item(), x_adv.max().item()
+    if dist > eps + tol or lo < 0 or hi > 1 or not torch.isfinite(x_adv).all():
+        raise RuntimeError(
+            f"{name}: not a valid attack: max |x_adv - x| = {dist} (eps {eps}), "
+            f"range [{lo}, {hi}]"
+        )
+    return {"max_linf": dist, "min": lo, "max": hi}
+
+
+def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str = "float32",
+              batch_size: int | None = None, steps: int | None = None, repeats: int = 5,
+              warmup: int = 1, methods: Sequence[str] | None = None,
+              per_example_subset: int = 10, seed: int = 0, json_path: str | None = None,
+              plot_path: str | None = None, quiet: bool = False) -> dict:
+    """Time the PGD attack and its baselines side by side on one workload.
+
+    Args:
+        workload (str): ``"madry-mnist"`` (MadryCNN, 1x28x28, batch 50, eps 0.3, alpha 0.01,
+            40 steps) or ``"cifar"`` (SmallResNet, 3x32x32, batch 128, eps 8/255, alpha 2/255,
+            10 steps). Default: ``"madry-mnist"``.
+        device (str): where the model and batch live. Default: ``"cpu"``.
+        dtype (str): ``float32``, ``float64``, ``float16`` or ``bfloat16`` (model and inputs).
+            Default: ``"float32"``.
+        batch_size (int, optional): overrides the workload's batch size.
+        steps (int, optional): overrides the workload's number of steps.
+        repeats (int): timed runs per method. Default: 5.
+        warmup (int): untimed runs per method before timing. Default: 1.
+        methods (sequence of str, optional): subset of :data:`METHODS`. Default: all.
+        per_example_subset (int): examples the per-example loop attacks; its times are scaled
+            by ``batch_size / per_example_subset``. Default: 10.
+        seed (int): seeds the model, the synthetic batch and the attacks' generators.
+        json_path (str, optional): write every figure and the machine description there.
+        plot_path (str, optional): a bar chart of the median times (needs matplotlib).
+        quiet (bool): no table and no progress bar. Default: ``False``.
+
+    Returns:
+        dict: ``config``, ``machine``, ``checks`` and per method ``status`` (``"ok"`` or
+        ``"skipped: ..."``), ``times_s``, ``median_s``, ``min_s``, ``max_s``, ``speedup_vs``
+        (per baseline) and ``x_floor``.
+
+    Examples::
+
+        >>> result = run_bench(batch_size=2, steps=1, repeats=1, warmup=0, quiet=True,
+        ...                    methods=["fused", "floor"])
+        >>> result["methods"]["fused"]["status"]
+        'ok'
+    """
+    from fastpgd.attack import fused_pgd, reference_pgd
+
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {sorted(WORKLOADS)}, got {workload!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    methods = list(METHODS if methods is None else methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods must be among {METHODS}, got unknown {unknown}")
+    for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0),
+                               ("per_example_subset", per_example_subset, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+    spec = WORKLOADS[workload]
+    dev = torch.device(device)
+    tdtype = _DTYPES[dtype]
+    n = spec["batch_size"] if batch_size is None else int(batch_size)
+    n_steps = spec["steps"] if steps is None else int(steps)
+    if n < 1 or n_steps < 0:
+        raise ValueError(f"batch_size must be >= 1 and steps >= 0, got {n} and {n_steps}")
+    eps, alpha = spec["eps"], spec["alpha"]
+    subset = min(per_example_subset, n)
+
+    torch.manual_seed(seed)
+    model = spec["model"]().to(device=dev, dtype=tdtype).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *spec["shape"]), generator=g).to(device=dev, dtype=tdtype)
+    y = torch.randint(0, spec["classes"], (n,), generator=g).to(dev)
+
+    def gen():
+        return torch.Generator(device=dev).manual_seed(seed + 1)
+
+    kw = dict(eps=eps, alpha=alpha, steps=n_steps)
+    runners: dict[str, Callable] = {
+        "per-example": lambda: _per_example_pgd(model, x[:subset], y[:subset], eps, alpha,
+                                                n_steps, gen()),
+        "reference": lambda: reference_pgd(model, x, y, generator=gen(), **kw),
+        "fused": lambda: fused_pgd(model, x, y, generator=gen(), **kw),
+        "fused-graph": lambda: fused_pgd(model, x, y, generator=gen(), cuda_graph=True, **kw),
+        "floor": lambda: _floor(model, x, y, n_steps),
+    }
+    skipped: dict[str, str] = {}
+    if dev.type != "cuda":
+        skipped["fused-graph"] = "skipped: no CUDA"
+    try:
+        import torchattacks
+    except ImportError:
+        skipped["torchattacks"] = "skipped: torchattacks not installed"
+    else:
+        atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=n_steps, random_start=True)
+        runners["torchattacks"] = lambda: atk(x, y)
+    scale = {"per-example": n / subset}
+
+    # Before timing: every method must return a valid attack, fused must equal reference.
+    tol = 4 * torch.finfo(tdtype).eps
+    checks: dict = {"valid": {}}
+    outputs = {}
+    for name in methods:
+        if name in skipped or name == "floor":
+            continue
+        out = runners[name]()
+        ref_x = x[:subset] if name == "per-example" else x
+        checks["valid"][name] = _check_valid(name, out, ref_x, eps, tol)
+        outputs[name] = out
+    if "fused" in outputs and "reference" in outputs:
+        diff = (outputs["fused"].float() - outputs["reference"].float()).abs().max().item()
+        equal = torch.equal(outputs["fused"], outputs["reference"])
+        checks["fused_equals_reference"] = {"equal": equal, "max_abs_diff": diff}
+        # On CPU both backends run the same deterministic kernels: any difference is a bug.
+        # On CUDA nondeterministic cuDNN backward kernels may flip a few near-zero signs.
+        if dev.type == "cpu" and tdtype in (torch.float32, torch.float64) and not equal:
+            raise RuntimeError(f"fused_pgd and reference_pgd differ (max |diff| {diff})")
+    del outputs
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    timed = [m for m in methods if m not in skipped]
+    total = len(timed) * (warmup + repeats)
+    progress = None
+    if not quiet and total:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total, desc=f"bench {workload}", file=sys.stderr, leave=False)
+    def once(name):
+        if progress is not None:
+            progress.set_postfix_str(name)
+        sync()
+        start = time.perf_counter()
+        runners[name]()
+        sync()
+        elapsed = time.perf_counter() - start
+        if progress is not None:
+            progress.update(1)
+        return elapsed * scale.get(name, 1.0)
+
+    # Round robin (each repeat runs every method once) rather than method after method: on a
+    # shared, noisy machine a burst of load then hits all methods alike, not one of them.
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for name in timed:
+        for _ in range(warmup):
+            once(name)
+    for _ in range(repeats):
+        for name in timed:
+            times[name].append(once(name))
+    results: dict[str, dict] = {}
+    for name in methods:
+        if name in skipped:
+            results[name] = {"status": skipped[name]}
+            continue
+        t = times[name]
+        results[name] = {"status": "ok", "times_s": t, "median_s": statistics.median(t),
+                         "min_s": min(t), "max_s": max(t)}
+    if progress is not None:
+        progress.close()
+
+    floor = results.get("floor", {}).get("median_s")
+    for name, r in results.items():
+        if r["status"] != "ok":
+            continue
+        r["speedup_vs"] = {
+            base: results[base]["median_s"] / r["median_s"]
+            for base in BASELINES
+            if results.get(base, {}).get("status") == "ok" and r["median_s"] > 0
+        }
+        r["x_floor"] = r["median_s"] / floor if floor else None
+
+    result = {
+        "workload": workload,
+        "config": {"device": str(dev), "dtype": dtype, "batch_size": n, "steps": n_steps,
+                   "eps": eps, "alpha": alpha, "shape": list(spec["shape"]),
+                   "repeats": repeats, "warmup": warmup, "seed": seed,
+                   "per_example_subset": subset, "per_example_scale": n / subset,
+                   "inputs": "synthetic: uniform [0, 1] inputs, random labels"},
+        "machine": _machine(dev),
+        "checks": checks,
+        "methods": results,
+    }
+    if not quiet:
+        print(format_table(result))
+    if json_path:
+        parent = os.path.dirname(os.path.abspath(json_path))
+        os.makedirs(parent, exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+    if plot_path:
+        _plot(result, plot_path)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The benchmark as a text table: medians, spread, speed-ups and overhead over the floor."""
+    cfg = result["config"]
+    head = (f"{result['workload']}: batch {cfg['batch_size']}, {cfg['steps']} steps, "
+            f"{cfg['dtype']} on {cfg['device']} ({result['machine']['cpu']}"
+            f"{', ' + result['machine']['gpu'] if 'gpu' in result['machine'] else ''}); "
+            f"per-example: {cfg['per_example_subset']} examples x {cfg['per_example_scale']:g}")
+    cols = ["method", "median s", "min-max s"] + [f"vs {b}" for b in BASELINES] + ["x floor"]
+    rows = []
+    for name, r in result["methods"].items():
+        if r["status"] != "ok":
+            rows.append([name, r["status"]] + [""] * (len(cols) - 2))
+            continue
+        speed = [f"{r['speedup_vs'][b]:.2f}x" if b in r["speedup_vs"] else "-" for b in BASELINES]
+        xf = f"{r['x_floor']:.2f}" if r.get("x_floor") else "-"
+        rows.append([name, f"{r['median_s']:.4f}", f"{r['min_s']:.4f}-{r['max_s']:.4f}",
+                     *speed, xf])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c)
+              for i, c in enumerate(cols)]
+    lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _plot(result: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"fastpgd bench: not writing {path}: matplotlib is not installed "
+              "(pip install fastpgd[plot])", file=sys.stderr)
+        return
+    ok = [(k, v["median_s"]) for k, v in result["methods"].items() if v["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh([k for k, _ in ok], [t for _, t in ok])
+    ax.set_xlabel("median seconds per batch")
+    ax.set_title(f"{result['workload']} on {result['config']['device']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
+    run_bench(args.workload, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+              steps=args.steps, repeats=args.repeats, warmup=args.warmup, methods=methods,
+              per_example_subset=args.per_example_subset, seed=args.seed,
+              json_path=args.json, plot_path=args.plot, quiet=args.quiet)
+    return 0
+
+
+def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="madry-mnist")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    p.add_argument("--batch-size", type=int, default=None, help="override the workload's batch")
+    p.add_argument("--steps", type=int, default=None, help="override the workload's steps")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default: 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: 1)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--per-example-subset", type=int, default=10,
+                   help="examples the per-example loop attacks; times scaled to the batch "
+                   "(default: 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", default=None, help="write all figures as JSON")
+    p.add_argument("--plot", metavar="PATH", default=None, help="bar chart (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no table, no progress bar")
+    p.set_defaults(func=_cmd_bench)
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``bench`` subcommand on an ``argparse`` subparsers object."""
+    return _configure(subparsers.add_parser(
+        "bench", help="time fused PGD against its baselines",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``fastpgd bench`` without the main command line (``python -m fastpgd.bench``)."""
+    parser = _configure(argparse.ArgumentParser(
+        prog="fastpgd bench", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
