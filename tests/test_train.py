@@ -311,3 +311,127 @@ def test_trainer_rejects_wrong_types():
     with pytest.raises(ValueError, match="image shapes differ"):
         Trainer(TrainConfig(**TINY), train_set=synthetic(10, image_size=8),
                 test_set=synthetic(10, image_size=12))  # fmt: skip
+
+
+# -- attacking less: replay memory and free adversarial training ----------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(replay=True, free_replays=2), ValueError, "exclude"),
+        (dict(replay=True, attack="none"), ValueError, "replay needs an attack"),
+        (dict(free_replays=3, attack="none"), ValueError, "free_replays needs an attack"),
+        (dict(free_replays=0), ValueError, "free_replays"),
+        (dict(replay=True, replay_steps=0), ValueError, "replay_steps"),
+        (dict(replay_reset=-1), ValueError, "replay_reset"),
+        (dict(replay_dtype="int4"), ValueError, "replay_dtype"),
+        (dict(replay="yes"), TypeError, "replay"),
+    ],
+)
+def test_replay_config_errors_name_the_argument(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        TrainConfig(**kwargs).resolved()
+
+
+def test_replay_steps_default():
+    assert TrainConfig(replay=True).resolved().replay_steps == 2  # digits: ceil(7 / 4)
+    assert TrainConfig(dataset="mnist", replay=True).resolved().replay_steps == 10
+
+
+def test_replay_warm_starts_after_the_first_epoch():
+    result, text = _run(epochs=3, replay=True, replay_steps=1)
+    timers = result.timers
+    # Epoch 1 is all fresh (full attack, nothing to gather); epochs 2 and 3 gather.
+    assert len(timers.laps("replay_gather")) == 6
+    assert len(timers.laps("replay_scatter")) == 9
+    assert timers.parents()["replay_gather"] == "step"
+    assert timers.parents()["replay_scatter"] == "step"
+    assert "replay memory: 60 x [1, 8, 8] torch.float32" in text
+    assert f"{60 * 64 * 4 + 60:,} bytes" in text
+    assert "replay_gather" in text and "replay_scatter" in text
+    assert "adversarial training (fused, replay 1 steps)" in text
+
+
+def test_replay_changes_training_and_reset_every_epoch_is_plain_pgd():
+    plain, _ = _run(epochs=2)
+    replay, _ = _run(epochs=2, replay=True, replay_steps=2)
+    # The warm start moves the second epoch's adversarial examples, so the weights.
+    assert not torch.equal(next(plain.model.parameters()), next(replay.model.parameters()))
+    # Forgetting at every epoch never warm-starts: the same draws as plain PGD.
+    reset, _ = _run(epochs=2, replay=True, replay_steps=2, replay_reset=1)
+    assert "replay_gather" not in reset.timers.names()
+    _assert_same_weights(_params(plain.model), _params(reset.model))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_replay_compressed_memory_trains(dtype):
+    result, text = _run(epochs=2, replay=True, replay_dtype=dtype)
+    assert result.steps == 6 and len(result.timers.laps("replay_gather")) == 3
+    size = {"float16": 2, "int8": 1}[dtype]
+    assert f"{60 * 64 * size + 60:,} bytes" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(replay=True, replay_steps=1), dict(replay=True, replay_dtype="int8", replay_reset=2),
+     dict(free_replays=2)],
+    ids=["replay", "replay-int8-reset", "free"],
+)
+@pytest.mark.parametrize("split", [2, 4], ids=["mid-epoch", "next-epoch"])
+def test_resume_is_exact_with_replay_and_free(tmp_path, kwargs, split):
+    epochs = 6 if kwargs.get("free_replays") else 3  # free: ceil(6 / 2) = 3 passes
+    straight, _ = _run(max_steps=8, epochs=epochs, **kwargs)
+    ckpt = tmp_path / "run.pt"
+    first, _ = _run(max_steps=split, epochs=epochs, checkpoint=str(ckpt), **kwargs)
+    assert first.steps == split
+    state = torch.load(ckpt, weights_only=True)
+    if kwargs.get("replay"):
+        assert state["replay_memory"]["written"].any()
+    else:
+        assert state["free_delta"].abs().max() > 0
+    resumed, _ = _run(max_steps=8, epochs=epochs, checkpoint=str(ckpt), resume=True, **kwargs)
+    assert resumed.steps == 8
+    _assert_same_weights(_params(straight.model), _params(resumed.model))
+    assert resumed.pgd_acc == straight.pgd_acc
+
+
+def test_replay_checkpoint_is_refused_without_replay(tmp_path):
+    ckpt = tmp_path / "r.pt"
+    _run(max_steps=1, checkpoint=str(ckpt), replay=True)
+    _refused(ckpt, "replay=True")
+    _refused(ckpt, "replay_dtype", replay=True, replay_dtype="int8")
+
+
+def test_free_replays_train_each_batch_m_times():
+    result, text = _run(epochs=6, free_replays=3)
+    # ceil(6 / 3) = 2 passes of 3 batches; each batch 3 forward/backward/update and 3 steps
+    # of the perturbation.
+    assert result.steps == 6
+    for phase in ("forward", "backward", "update", "attack"):
+        assert len(result.timers.laps(phase)) == 18, phase
+    assert "free adversarial training (fused, m=3)" in text
+    assert "each batch 3 times, 2 passes" in text
+
+
+def test_free_perturbation_stays_in_the_eps_box():
+    config = TrainConfig(**{**TINY, "epochs": 2, "free_replays": 2})
+    trainer = Trainer(config, out=io.StringIO())
+    trainer.fit()
+    delta = trainer.free_delta
+    assert delta.abs().max() <= config.eps + 1e-6
+    assert delta.abs().max() > 0.5 * config.eps  # signed steps of eps reach the box's faces
+
+
+def test_cli_replay_options(capsys):
+    code = train_mod.main(["--dataset", "synthetic", "--synthetic-size", "40", "--image-size", "8",
+                           "--batch-size", "20", "--epochs", "2", "--attack-steps", "2",
+                           "--eval-steps", "1", "--eval-restarts", "1", "--quiet", "--replay",
+                           "--replay-steps", "1", "--replay-reset", "3",
+                           "--replay-dtype", "float16"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "torch.float16" in out and "reset every 3 epochs" in out
+    with pytest.raises(SystemExit):
+        train_mod.main(["--free-replays", "0"])
+    assert "--free-replays" in capsys.readouterr().err

@@ -10,8 +10,24 @@ the optimizer update on them. :class:`fastpgd.timers.Timers` times the phases un
 ``setup``  moving the batch to the device, zeroing the gradients
 ``attack`` generating the adversarial batch
 ``forward``, ``backward``, ``update``: the training pass on the adversarial batch
+``replay_gather``, ``replay_scatter``: reading and writing the replay memory (``--replay``)
 ``eval``   clean and PGD accuracy on the test split (outside ``step``)
 =========  ===================================================================
+
+Two ways to attack less (both leave evaluation unchanged):
+
+- ``--replay``: a :class:`~fastpgd.replay.ReplayMemory` keeps each training example's last
+  perturbation; the next epoch's attack on that example starts from it and takes only
+  ``--replay-steps`` steps (Zheng et al., "Efficient Adversarial Training with Transferable
+  Adversarial Examples", CVPR 2020). A batch with entries never written (the first epoch, or
+  the first after a ``--replay-reset`` epoch) gets the full attack from a random start.
+- ``--free-replays m``: "free" adversarial training (Shafahi et al., "Adversarial Training for
+  Free!", NeurIPS 2019): each batch is trained ``m`` times in a row; the input gradient of each
+  backward pass (which also updates the weights) moves the perturbation by one signed step of
+  ``eps``. One perturbation buffer of batch shape carries over from batch to batch, as in the
+  paper. The number of passes over the data is ``ceil(epochs / m)``, so the number of weight
+  updates stays about that of ``epochs`` epochs; ``steps`` then counts batches, each ``m``
+  optimizer updates.
 
 Reference: A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu, "Towards Deep Learning Models
 Resistant to Adversarial Attacks", ICLR 2018.
@@ -84,9 +100,14 @@ _CHECKPOINT_VERSION = 1
 # Settings that shape the sequence of weights: a checkpoint continues only under the same ones.
 _TRAJECTORY_FIELDS = (
     "dataset", "image_size", "synthetic_size", "batch_size", "lr", "eps", "alpha",
-    "attack_steps", "attack", "seed",
+    "attack_steps", "attack", "seed", "replay", "replay_steps", "replay_reset", "replay_dtype",
+    "free_replays",
 )  # fmt: skip
 _ATTACKS = ("fused", "reference", "none")
+_REPLAY_DTYPES = ("input", "float16", "int8")
+# Settings added after the first checkpoint version, with the value older checkpoints imply.
+_TRAJECTORY_DEFAULTS = {"replay": False, "replay_steps": None, "replay_reset": 0,
+                        "replay_dtype": "input", "free_replays": 1}  # fmt: skip
 _SYNCS = ("auto", "none", "cuda", "events")
 _EVAL_SEED_OFFSET = 1_000_003  # evaluation draws from its own generator, never the training one
 
@@ -135,6 +156,17 @@ class TrainConfig:
         synthetic_size (int): images in the synthetic training split. Default: 1000.
         image_size (int): side of synthetic images. Default: 28.
         num_workers (int): DataLoader worker processes. Default: 0.
+        replay (bool): keep each example's perturbation in a
+            :class:`~fastpgd.replay.ReplayMemory` and warm-start the next epoch's attack from
+            it. Default: False.
+        replay_steps (int, optional): attack steps from a warm start. Default:
+            ``ceil(attack_steps / 4)`` (2 for digits).
+        replay_reset (int): forget the memory every this many epochs (0: never). Default: 0.
+        replay_dtype (str): ``"input"``, ``"float16"`` or ``"int8"``: how the memory stores
+            perturbations (see :class:`~fastpgd.replay.ReplayMemory`). Default: ``"input"``.
+        free_replays (int): train each batch this many times, free adversarial training
+            (Shafahi et al.); 1: off. Epochs become ``ceil(epochs / free_replays)`` passes.
+            Default: 1.
     """
 
     dataset: str = "digits"
@@ -166,6 +198,11 @@ class TrainConfig:
     synthetic_size: int = 1000
     image_size: int = 28
     num_workers: int = 0
+    replay: bool = False
+    replay_steps: int | None = None
+    replay_reset: int = 0
+    replay_dtype: str = "input"
+    free_replays: int = 1
 
     def resolved(self) -> TrainConfig:
         """A copy with the dataset's defaults filled in, every field checked.
@@ -181,6 +218,9 @@ class TrainConfig:
                 setattr(c, key, value)
         if c.eval_steps is None:
             c.eval_steps = 2 * c.attack_steps
+        if c.replay and c.replay_steps is None:
+            if isinstance(c.attack_steps, int) and not isinstance(c.attack_steps, bool):
+                c.replay_steps = max(1, math.ceil(c.attack_steps / 4))
         if c.dataset != "synthetic":
             c.image_size = 8 if c.dataset == "digits" else 28
         for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "eval_restarts",
@@ -189,8 +229,23 @@ class TrainConfig:
         for name in ("max_steps", "eval_limit"):
             if getattr(c, name) is not None:
                 _check_int(name, getattr(c, name), minimum=1)
-        for name in ("eval_every", "report_every", "checkpoint_every", "num_workers", "seed"):
+        for name in ("eval_every", "report_every", "checkpoint_every", "num_workers", "seed",
+                     "replay_reset"):  # fmt: skip
             _check_int(name, getattr(c, name), minimum=0)
+        _check_int("free_replays", c.free_replays, minimum=1)
+        if c.replay_steps is not None:
+            _check_int("replay_steps", c.replay_steps, minimum=1)
+        if not isinstance(c.replay, bool):
+            raise TypeError(f"replay must be a bool, got {type(c.replay).__name__}")
+        if c.replay_dtype not in _REPLAY_DTYPES:
+            raise ValueError(f"replay_dtype must be one of {', '.join(_REPLAY_DTYPES)}; "
+                             f"got {c.replay_dtype!r}")  # fmt: skip
+        if c.replay and c.free_replays > 1:
+            raise ValueError("replay and free_replays > 1 exclude each other: free adversarial "
+                             "training keeps its own perturbation buffer")  # fmt: skip
+        if (c.replay or c.free_replays > 1) and c.attack == "none":
+            what = "replay" if c.replay else "free_replays"
+            raise ValueError(f"{what} needs an attack; got attack='none'")
         for name in ("lr", "eps", "alpha"):
             value = getattr(c, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -274,6 +329,20 @@ def _init_distributed(device: str) -> _Dist:
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, created=True)
+
+
+class _WithIndices(torch.utils.data.Dataset):
+    """``dataset[batch]`` plus the batch's indices, so that a batch can be keyed per example."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        x, y = self.dataset[index]
+        return x, y, torch.as_tensor(index, dtype=torch.int64)
 
 
 class _EpochBatches(torch.utils.data.Sampler):
@@ -470,7 +539,7 @@ class Trainer:
         self.batches = _EpochBatches(train_set, c.batch_size, self.dist.rank,
                                      self.dist.world_size, c.seed)  # fmt: skip
         self.loader = torch.utils.data.DataLoader(
-            train_set,
+            _WithIndices(train_set),
             sampler=self.batches,
             batch_size=None,  # the sampler yields whole batches; the dataset indexes them at once
             num_workers=c.num_workers,
@@ -484,6 +553,24 @@ class Trainer:
         if sync == "auto":
             sync = "events" if self.device.type == "cuda" else "none"
         self.timers = _make_timers(sync)
+
+        if self.dist.enabled and (c.replay or c.free_replays > 1):
+            # Each rank sees other examples every epoch and a checkpoint holds rank 0's state
+            # only: neither the memory nor the free buffer would be exact across ranks.
+            raise ValueError("replay and free_replays > 1 run in a single process for now; "
+                             f"got world size {self.dist.world_size}")  # fmt: skip
+        self.memory = None
+        if c.replay:
+            from fastpgd.replay import ReplayMemory
+
+            self.memory = ReplayMemory(len(train_set), train_set.image_shape, eps=c.eps,
+                                       dtype=c.replay_dtype, device=self.device,
+                                       reset_every=c.replay_reset)  # fmt: skip
+        # Free adversarial training: one perturbation of batch shape, carried across batches.
+        self.free_delta = None
+        if c.free_replays > 1:
+            self.free_delta = torch.zeros((c.batch_size, *train_set.image_shape),
+                                          device=self.device)  # fmt: skip
 
         self.step = 0
         self.epoch = 0
@@ -561,6 +648,8 @@ class Trainer:
             "attack_generators": states,
             "timers": self.timers.state_dict(),
             "history": [dict(h) for h in self.history],
+            "replay_memory": self.memory.state_dict() if self.memory is not None else None,
+            "free_delta": self.free_delta.cpu() if self.free_delta is not None else None,
         }
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> None:
@@ -587,7 +676,7 @@ class Trainer:
             )
         saved = ckpt.get("config", {})
         for name in _TRAJECTORY_FIELDS:
-            if saved.get(name) != getattr(self.config, name):
+            if saved.get(name, _TRAJECTORY_DEFAULTS.get(name)) != getattr(self.config, name):
                 ours = getattr(self.config, name)
                 problems.append(f"{name}={saved.get(name)!r} (this run: {ours!r})")
         if problems:
@@ -606,6 +695,10 @@ class Trainer:
             self.attack_gen.set_state(ckpt["attack_generators"][self.dist.rank].to("cpu"))
             self.timers.load_state_dict(ckpt["timers"])
             self.history = [dict(h) for h in ckpt["history"]]
+            if self.memory is not None:
+                self.memory.load_state_dict(ckpt["replay_memory"])
+            if self.free_delta is not None:
+                self.free_delta.copy_(ckpt["free_delta"])
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise CheckpointError(f"checkpoint is damaged or incomplete: {exc}") from exc
 
@@ -718,7 +811,8 @@ class Trainer:
 
         attack_fn = self._attack_fn(for_eval=False)
         per_epoch = self.batches.batches_per_epoch
-        total = c.epochs * per_epoch
+        # Free training passes over each batch free_replays times: fewer epochs, as many updates.
+        total = math.ceil(c.epochs / c.free_replays) * per_epoch
         if c.max_steps is not None:
             total = min(total, c.max_steps)
 
@@ -738,8 +832,21 @@ class Trainer:
         correct_sum = torch.zeros((), device=self.device)
         seen = 0
         self.ddp.train()
+        if self.memory is not None:
+            m = self.memory
+            self._print(f"replay memory: {m.size} x {list(m.shape)} {m.storage_dtype} on "
+                        f"{m.data.device} = {m.nbytes:,} bytes; {c.replay_steps} attack steps "
+                        "from a warm start, "
+                        + (f"reset every {c.replay_reset} epochs" if c.replay_reset
+                           else "never reset"))
+        if self.free_delta is not None:
+            self._print(f"free adversarial training: each batch {c.free_replays} times, "
+                        f"{math.ceil(c.epochs / c.free_replays)} passes; perturbation buffer "
+                        f"{self.free_delta.numel() * self.free_delta.element_size():,} bytes")
         try:
             while self.step < total and not interrupted:
+                if self.memory is not None:
+                    self.memory.start_epoch(self.epoch)
                 self.batches.set_epoch(self.epoch, self.position)
                 batches = iter(self.loader)
                 for _ in range(per_epoch - self.position):
@@ -747,23 +854,28 @@ class Trainer:
                         break
                     with self.timers("step"):
                         with self.timers("data"):
-                            x, y = next(batches)
+                            x, y, idx = next(batches)
                         with self.timers("setup"):
                             x = x.to(self.device, non_blocking=True)
                             y = y.to(self.device, non_blocking=True)
                             self.optimizer.zero_grad(set_to_none=True)
-                        if attack_fn is not None:
-                            with self.timers("attack"):
-                                # The bare module: attacking through DDP would sync gradients.
-                                x = attack_fn(self.model, x, y, eps=c.eps, alpha=c.alpha,
-                                              steps=c.attack_steps, generator=self.attack_gen)
-                        with self.timers("forward"):
-                            logits = self.ddp(x)
-                            loss = F.cross_entropy(logits, y)
-                        with self.timers("backward"):
-                            loss.backward()
-                        with self.timers("update"):
-                            self.optimizer.step()
+                        if self.free_delta is not None:
+                            loss, logits = self._free_step(x, y)
+                        else:
+                            if self.memory is not None:
+                                x = self._replay_attack(attack_fn, x, y, idx)
+                            elif attack_fn is not None:
+                                with self.timers("attack"):
+                                    # The bare module: attacking through DDP would sync grads.
+                                    x = attack_fn(self.model, x, y, eps=c.eps, alpha=c.alpha,
+                                                  steps=c.attack_steps, generator=self.attack_gen)
+                            with self.timers("forward"):
+                                logits = self.ddp(x)
+                                loss = F.cross_entropy(logits, y)
+                            with self.timers("backward"):
+                                loss.backward()
+                            with self.timers("update"):
+                                self.optimizer.step()
                     self.step += 1
                     self.position += 1
                     loss_sum += loss.detach() * len(y)
@@ -814,6 +926,60 @@ class Trainer:
         if self.is_main and c.plot:
             self.timers.plot(c.plot, parent="step")
         return self._result(final["clean_acc"], final["pgd_acc"], interrupted=False)
+
+    def _replay_attack(self, attack_fn, x, y, idx) -> torch.Tensor:
+        """The attack warm-started from the replay memory; stores the new perturbations."""
+        c, memory = self.config, self.memory
+        fresh = memory.fresh(idx)  # host flags: no device sync
+        n_fresh = int(fresh.sum())
+        if n_fresh == len(idx):
+            # Nothing stored yet (first epoch, or just reset): the full attack, random start.
+            delta_init, steps = None, c.attack_steps
+        else:
+            with self.timers("replay_gather"):
+                delta_init = memory.gather(idx)
+            steps = c.replay_steps
+            if n_fresh:
+                # Some entries were never written: random starts for them and the full attack.
+                from fastpgd.attack import _random_delta
+
+                start = _random_delta(x, c.eps, "linf", self.attack_gen)
+                mask = fresh.to(self.device).view((-1,) + (1,) * (x.dim() - 1))
+                delta_init = torch.where(mask, start, delta_init)
+                steps = c.attack_steps
+        with self.timers("attack"):
+            x_adv, delta = attack_fn(self.model, x, y, eps=c.eps, alpha=c.alpha, steps=steps,
+                                     generator=self.attack_gen, delta_init=delta_init,
+                                     random_start=delta_init is None, return_delta=True)
+        with self.timers("replay_scatter"):
+            memory.scatter(idx, delta)
+        return x_adv
+
+    def _free_step(self, x, y):
+        """One batch of free adversarial training: ``free_replays`` updates of the weights, each
+        backward pass also giving the input gradient that moves the perturbation by ``eps``."""
+        from fastpgd.step import pgd_step_, reference_pgd_step
+
+        c = self.config
+        step_fn = reference_pgd_step if c.attack == "reference" else pgd_step_
+        n = x.shape[0]
+        delta = self.free_delta[:n]  # the last batch of an epoch may be smaller
+        for _ in range(c.free_replays):
+            with self.timers("forward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                x_adv = (x + delta).clamp_(0.0, 1.0).requires_grad_(True)
+                logits = self.ddp(x_adv)
+                loss = F.cross_entropy(logits, y)
+            with self.timers("backward"):
+                loss.backward()
+            with self.timers("update"):
+                self.optimizer.step()
+            with self.timers("attack"):
+                # alpha = eps: the paper's step for free training (FGSM-size on each replay).
+                moved = step_fn(x_adv.detach(), x_adv.grad, x, eps=c.eps, alpha=c.eps,
+                                norm="linf", clamp=(0.0, 1.0))  # fmt: skip
+                torch.sub(moved, x, out=delta)
+        return loss, logits
 
     def _record_eval(self) -> dict:
         result = self.evaluate()
@@ -895,6 +1061,16 @@ def train(config: TrainConfig | None = None, *, out=None, **kwargs) -> TrainResu
             dist.destroy_process_group()
 
 
+def _method_label(c: TrainConfig) -> str:
+    if c.attack == "none":
+        return "natural training (attack none)"
+    if c.replay:
+        return f"adversarial training ({c.attack}, replay {c.replay_steps} steps)"
+    if c.free_replays > 1:
+        return f"free adversarial training ({c.attack}, m={c.free_replays})"
+    return f"adversarial training ({c.attack})"
+
+
 def _accuracy_line(label: str, result: TrainResult, elapsed: float) -> str:
     return (f"{label:<34} clean {result.clean_acc:6.1%}   PGD {result.pgd_acc:6.1%}   "
             f"({result.steps} steps, {elapsed:.1f} s)")  # fmt: skip
@@ -908,8 +1084,7 @@ def _final_text(trainer: Trainer, result: TrainResult, elapsed: float, table: st
         table.rstrip("\n"),
         f"== accuracy on the {c.dataset} test split at eps {c.eps:g} (PGD {c.eval_steps} steps "
         f"of {c.alpha:g}, {c.eval_restarts} restarts)",
-        _accuracy_line(f"adversarial training ({c.attack})" if c.attack != "none"
-                       else "natural training (attack none)", result, elapsed),  # fmt: skip
+        _accuracy_line(_method_label(c), result, elapsed),
     ]
     return "\n".join(lines)
 
@@ -968,6 +1143,24 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                      "PGD; none: natural training")
     opt.add_argument("--seed", type=_nonneg_int, default=d.seed)
     opt.add_argument("--device", default=d.device, help="auto (default), cpu, cuda, cuda:1, ...")
+
+    rp = parser.add_argument_group(
+        "attacking less (evaluation is unchanged)",
+        "--replay: warm-start each example's attack from its perturbation of the previous epoch "
+        "(Zheng et al., CVPR 2020); --free-replays m: free adversarial training (Shafahi et al., "
+        "NeurIPS 2019), each batch trained m times, ceil(epochs / m) passes",
+    )
+    rp.add_argument("--replay", action="store_true",
+                    help="keep one perturbation per training example across epochs")
+    rp.add_argument("--replay-steps", type=_positive_int,
+                    help="attack steps from a warm start (default: ceil(--attack-steps / 4))")
+    rp.add_argument("--replay-reset", type=_nonneg_int, default=d.replay_reset, metavar="K",
+                    help="forget the memory every K epochs; 0: never (default)")
+    rp.add_argument("--replay-dtype", choices=_REPLAY_DTYPES, default=d.replay_dtype,
+                    help="how the memory stores perturbations: input (exact, default), float16 "
+                    "(relative error 2^-11), int8 (error <= eps/254)")
+    rp.add_argument("--free-replays", type=_positive_int, default=d.free_replays, metavar="M",
+                    help="free adversarial training with M replays per batch; 1: off (default)")
 
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--eval-every", type=_nonneg_int, default=d.eval_every,
