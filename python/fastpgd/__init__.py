@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from fastpgd._ext import extension_info
 from fastpgd.attack import fused_pgd, reference_pgd
+from fastpgd.replay import ReplayMemory
 from fastpgd.step import pgd_step_, reference_pgd_step
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
 from fastpgd.timers import Timers
@@ -21,6 +22,7 @@ __all__ = [
     "pgd_step_",
     "reference_pgd_step",
     "PyStopwatch",
+    "ReplayMemory",
     "Stopwatch",
     "StopwatchError",
     "Timers",
