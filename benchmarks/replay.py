@@ -1,7 +1,7 @@
 """Attacking less: replay memory and free adversarial training against full PGD, measured.
 
 Trains the default ``fastpgd train`` configuration (8x8 digits: batch 50, Adam 1e-3, eps 0.2,
-alpha 0.05, 30 epochs; see ``fastpgd.train.DATASET_DEFAULTS``) four ways, with the same seed:
+alpha 0.05, 30 epochs; see ``fastpgd.trainer.DATASET_DEFAULTS``) four ways, with the same seed:
 
 ============  =====================================================================
 ``full``      PGD with the default 7 steps from a random start (the reference)
@@ -59,7 +59,7 @@ def _configs(replay_steps: int, free_m: int) -> dict[str, dict]:
 
 
 def _run(name: str, overrides: dict, seed: int, epochs: int | None) -> dict:
-    from fastpgd.train import train
+    from fastpgd.trainer import train
 
     log = io.StringIO()
     t0 = time.perf_counter()
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     import fastpgd
-    from fastpgd.train import TrainConfig
+    from fastpgd.trainer import TrainConfig
 
     today = datetime.date.today().isoformat()
     out = Path(args.json) if args.json else (

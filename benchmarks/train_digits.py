@@ -1,7 +1,7 @@
 """The digits acceptance run: robustness against natural training, and attack time per step.
 
 Trains the default ``fastpgd train`` configuration (8x8 digits, see
-``fastpgd.train.DATASET_DEFAULTS``) three times with the same seed and budget:
+``fastpgd.trainer.DATASET_DEFAULTS``) three times with the same seed and budget:
 
 1. ``--attack fused`` (fastpgd's attack) and a naturally trained twin (``--attack none``);
 2. ``--attack reference`` (the pure-PyTorch attack).
@@ -40,7 +40,7 @@ def _laps(timers, name):
 
 
 def _run(attack: str, epochs: int | None, compare_natural: bool) -> dict:
-    from fastpgd.train import train
+    from fastpgd.trainer import train
 
     log = io.StringIO()
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     import fastpgd
-    from fastpgd.train import TrainConfig
+    from fastpgd.trainer import TrainConfig
 
     config = TrainConfig(epochs=args.epochs).resolved()
     runs = [_run("fused", args.epochs, compare_natural=True), _run("reference", args.epochs, False)]

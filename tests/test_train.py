@@ -11,9 +11,9 @@ import signal
 import pytest
 import torch
 
-from fastpgd import train as train_mod
+from fastpgd import trainer as train_mod
 from fastpgd.data import ImageDataset, synthetic
-from fastpgd.train import CheckpointError, TrainConfig, Trainer, train
+from fastpgd.trainer import CheckpointError, TrainConfig, Trainer, train
 
 PHASES = {"step", "data", "setup", "attack", "forward", "backward", "update", "eval"}
 

@@ -18,7 +18,7 @@ _WORKER = textwrap.dedent(
     """
     import io, sys, torch
     torch.set_num_threads(1)
-    from fastpgd.train import train
+    from fastpgd.trainer import train
     out_dir = sys.argv[1]
     rank = int(__import__("os").environ["RANK"])
     log = io.StringIO()

@@ -13,6 +13,7 @@ from fastpgd.replay import ReplayMemory
 from fastpgd.step import pgd_step_, reference_pgd_step
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
 from fastpgd.timers import Timers
+from fastpgd.trainer import Trainer, train
 
 __all__ = [
     "__version__",
@@ -26,4 +27,6 @@ __all__ = [
     "Stopwatch",
     "StopwatchError",
     "Timers",
+    "Trainer",
+    "train",
 ]

@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_info)
 
-    from fastpgd import bench, train
+    from fastpgd import bench, trainer
 
-    train.add_parser(sub)
+    trainer.add_parser(sub)
     bench.add_parser(sub)
     return parser
 

@@ -1222,7 +1222,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fastpgd.train ...``: the ``train`` subcommand on its own."""
+    """``python -m fastpgd.trainer ...``: the ``train`` subcommand on its own."""
     parser = argparse.ArgumentParser(prog="fastpgd train", description=__doc__.split("\n\n")[0])
     _configure(parser)
     args = parser.parse_args(argv)
