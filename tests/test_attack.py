@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, needs_cuda
 from torch import nn
 
+from conftest import DEVICES, needs_cuda
 from fastpgd import attack as attack_mod
 from fastpgd.attack import fused_pgd, reference_pgd
 from fastpgd.models import MadryCNN

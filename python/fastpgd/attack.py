@@ -107,7 +107,9 @@ def _validate(model, x, y, eps, alpha, steps, norm, loss_fn, clamp, model_mode, 
     if model_mode not in _MODEL_MODES:
         raise ValueError(f"model_mode must be one of {_MODEL_MODES}, got {model_mode!r}")
     if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be None, torch.float16 or torch.bfloat16, got {amp_dtype}")
+        raise ValueError(
+            f"amp_dtype must be None, torch.float16 or torch.bfloat16, got {amp_dtype}"
+        )
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")

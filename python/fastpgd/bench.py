@@ -290,7 +290,7 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
     # least disturbed one, so both are kept.
     for stat, suffix in (("median_s", ""), ("min_s", "_min")):
         floor = results.get("floor", {}).get(stat)
-        for name, r in results.items():
+        for r in results.values():
             if r["status"] != "ok":
                 continue
             r["speedup_vs" + suffix] = {
