@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -528,6 +529,10 @@ def test_cuda_graph_matches_eager(norm):
     again = fused_pgd(model, x, y, generator=_gen(0, "cuda"), cuda_graph=True, **kw)
     assert torch.equal(again, graphed)
     assert len(attack_mod._GRAPH_CACHE[model]) == 1  # replayed from the cache
+    before = len(attack_mod._GRAPH_CACHE)
+    del model
+    gc.collect()
+    assert len(attack_mod._GRAPH_CACHE) == before - 1  # the cache does not keep models alive
 
 
 @needs_cuda

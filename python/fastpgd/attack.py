@@ -249,6 +249,7 @@ def _model_mode(model, mode: str):
 
 # model -> {key: _CapturedStep}; weak on the model so that a dropped model frees its graphs.
 _GRAPH_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GRAPH_CACHE_SIZE = 8  # graphs per model
 
 
 def _check_cuda_graph(x: torch.Tensor, model) -> None:
@@ -349,22 +350,27 @@ def _pgd(step_fn, model, x, y, *, eps, alpha, steps, norm, random_start, loss_fn
         if amp_dtype is not None else contextlib.nullcontext
     )
 
-    def one_step(x_buf, x0_, y_, eps_, alpha_):
-        # A fresh leaf that shares x_buf's storage: the graph is freed by autograd.grad before
-        # the update writes into x_buf, so no copy of x_adv is made per step.
-        inp = x_buf.detach().requires_grad_(True)
-        with autocast():
-            logits = model(inp)
-            loss = loss_of(logits, y_)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
-        if targeted:
-            loss = -loss  # descend the loss towards the target labels
-        (grad,) = torch.autograd.grad(loss, inp)
-        if grad.dtype != x_buf.dtype:
-            grad = grad.to(x_buf.dtype)
-        return step_fn(x_buf, grad, x0_, eps=eps_, alpha=alpha_, norm=norm, clamp=clamp)
+    def make_step(net):
+        def one_step(x_buf, x0_, y_, eps_, alpha_):
+            # A fresh leaf sharing x_buf's storage: autograd.grad frees the graph before the
+            # update writes into x_buf, so no copy of x_adv is made per step.
+            inp = x_buf.detach().requires_grad_(True)
+            with autocast():
+                logits = net(inp)
+                loss = loss_of(logits, y_)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+            if targeted:
+                loss = -loss  # descend the loss towards the target labels
+            (grad,) = torch.autograd.grad(loss, inp)
+            if grad.dtype != x_buf.dtype:
+                grad = grad.to(x_buf.dtype)
+            return step_fn(x_buf, grad, x0_, eps=eps_, alpha=alpha_, norm=norm, clamp=clamp)
+
+        return one_step
+
+    one_step = make_step(model)
 
     best_x = None
     best_loss = None
@@ -375,7 +381,11 @@ def _pgd(step_fn, model, x, y, *, eps, alpha, steps, norm, random_start, loss_fn
             per_model = _GRAPH_CACHE.setdefault(model, {})
             captured = per_model.get(key)
             if captured is None:
-                captured = _CapturedStep(lambda *a: one_step(*a), x0, y, eps, alpha)
+                # The cache is weak on the model: its entry must not hold the model strongly.
+                captured = _CapturedStep(make_step(weakref.proxy(model)), x0, y, eps, alpha)
+                if len(per_model) >= _GRAPH_CACHE_SIZE:
+                    # Each graph pins its own memory pool: keep the most recent few only.
+                    per_model.pop(next(iter(per_model)))
                 per_model[key] = captured
         for r in range(restarts):
             if r == 0 and delta_init is not None:
@@ -461,7 +471,8 @@ _DOC = """{summary}
         cuda_graph (bool): CUDA only: capture one whole step in a CUDA graph (after warm-up
             on a side stream) and replay it ``steps`` times. The graph is cached per model,
             shape, dtype, device, norm, loss, alpha and a scalar eps; the model's parameters must
-            keep their storage between calls (in-place optimizer updates are fine).
+            keep their storage between calls (in-place optimizer updates are fine); pass
+            the same ``loss_fn`` object each call (a new one means a new capture).
             Default: ``False``.
 
     Returns:
