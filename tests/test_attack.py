@@ -116,6 +116,24 @@ def test_linf_result_in_ball_and_range(pgd, device):
     assert torch.equal(x_adv[0], x[0])  # eps = 0 leaves the sample alone
 
 
+def test_strided_and_channels_last_inputs():
+    model = _small_cnn().to(memory_format=torch.channels_last)
+    x = torch.rand(8, 8, 6, 1, generator=_gen(0)).permute(2, 3, 0, 1)  # not contiguous
+    y = torch.randint(0, 10, (6,), generator=_gen(1))
+    for xs in (x, x.contiguous().to(memory_format=torch.channels_last)):
+        a = fused_pgd(model, xs, y, eps=0.3, alpha=0.05, steps=3, generator=_gen(2))
+        b = reference_pgd(model, xs, y, eps=0.3, alpha=0.05, steps=3, generator=_gen(2))
+        assert torch.equal(a, b)
+        assert (_linf(a, xs) <= 0.3 + 1e-6).all()
+
+
+def test_empty_batch():
+    model = _small_cnn()
+    x = torch.rand(0, 1, 8, 8)
+    out = fused_pgd(model, x, torch.zeros(0, dtype=torch.long), eps=0.3, alpha=0.05, steps=2)
+    assert out.shape == x.shape
+
+
 @pytest.mark.parametrize("pgd", ATTACKS)
 def test_l2_result_in_ball_and_range(pgd):
     model = _small_cnn()
