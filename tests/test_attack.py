@@ -367,6 +367,40 @@ def test_restarts_with_custom_loss_without_reduction():
     assert torch.equal(best, expected)
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+def test_track_best_returns_the_best_iterate_per_example(targeted):
+    model = _small_cnn()
+    x, y = _batch(8)
+    kw = dict(eps=0.3, alpha=0.3, targeted=targeted)  # large steps: the loss is not monotone
+    steps = 4
+    # Every iterate, from the same start: k steps for k = 0..steps.
+    iterates = [fused_pgd(model, x, y, steps=k, generator=_gen(3), **kw) for k in range(steps + 1)]
+    with torch.no_grad():
+        losses = torch.stack([F.cross_entropy(model(it), y, reduction="none") for it in iterates])
+    pick = losses.argmin(0) if targeted else losses.argmax(0)
+    expected = torch.stack([iterates[int(k)][i] for i, k in enumerate(pick)])
+    best = fused_pgd(model, x, y, steps=steps, generator=_gen(3), track_best=True, **kw)
+    assert torch.equal(best, expected)
+    assert (pick != steps).any()  # meaningful only if the last iterate is not always best
+    ref = reference_pgd(model, x, y, steps=steps, generator=_gen(3), track_best=True, **kw)
+    assert torch.equal(best, ref)
+
+
+def test_track_best_argument_checks():
+    model = _small_cnn()
+    x, y = _batch()
+
+    def reducing_only(logits, y):
+        return F.cross_entropy(logits, y)
+
+    with pytest.raises(ValueError, match="reduction='none'"):
+        fused_pgd(model, x, y, eps=0.3, alpha=0.1, steps=1, loss_fn=reducing_only,
+                  track_best=True)
+    out = fused_pgd(model, x, y, eps=0.3, alpha=0.1, steps=2, loss_fn=F.cross_entropy,
+                    track_best=True, restarts=2)
+    assert (_linf(out, x) <= 0.3 + 1e-6).all()
+
+
 def test_return_delta_and_warm_start_round_trip():
     model = _Linear2()
     x = 0.3 + 0.4 * torch.rand(4, 16, generator=_gen(0))
