@@ -40,6 +40,7 @@ struct StepParams {
   bool has_clamp = true;
   double lo = 0.0;
   double hi = 1.0;
+  int device = 0;               // CUDA device ordinal of the tensors (ignored on the CPU)
 };
 
 // The tiny floor of both L2 norms (same value in the reference).
@@ -47,25 +48,37 @@ constexpr double kL2Tiny = 1e-12;
 
 template <typename T>
 FASTPGD_HD T sign_of(T g) {
-  // sign(0) = 0; NaN propagates (both comparisons are false, so g*0 -> NaN... return g itself).
-  return g > T(0) ? T(1) : (g < T(0) ? T(-1) : (g == T(0) ? T(0) : g));
+  // sign(0) = 0 and, as torch.sign does on the CPU, sign(NaN) = 0. Branch-free so it vectorizes.
+  return T(g > T(0)) - T(g < T(0));
 }
 
-// min/max as PyTorch's clamp_min/clamp_max write them: NaN in `x` propagates.
+// min/max as PyTorch's clamp_min/clamp_max with a scalar bound: NaN in `x` propagates (the
+// comparison is false, so `x` itself is returned). Plain selects, so loops vectorize.
 template <typename T>
 FASTPGD_HD T max_nan(T x, T bound) {
-  return (x != x) ? x : (x < bound ? bound : x);
+  return x < bound ? bound : x;
 }
 template <typename T>
 FASTPGD_HD T min_nan(T x, T bound) {
-  return (x != x) ? x : (x > bound ? bound : x);
+  return x > bound ? bound : x;
+}
+
+// torch.maximum/torch.minimum: NaN in either argument propagates (a bound x0 - e is NaN when x0
+// is NaN, or when x0 and e are both infinite). `|` rather than `||` keeps it one select.
+template <typename T>
+FASTPGD_HD T maximum(T a, T b) {
+  return ((a < b) | (b != b)) ? b : a;
+}
+template <typename T>
+FASTPGD_HD T minimum(T a, T b) {
+  return ((a > b) | (b != b)) ? b : a;
 }
 
 // One Linf element, in opmath T.
 template <typename T>
 FASTPGD_HD T linf_update(T xa, T g, T x0, T alpha, T eps, bool has_clamp, T lo, T hi) {
   T x = xa + alpha * sign_of(g);
-  x = min_nan(max_nan(x, x0 - eps), x0 + eps);
+  x = minimum(maximum(x, x0 - eps), x0 + eps);
   if (has_clamp) x = min_nan(max_nan(x, lo), hi);
   return x;
 }
@@ -81,8 +94,8 @@ FASTPGD_HD T l2_delta(T xa, T g, T x0, T alpha, T gnorm) {
 // L2 projection factor min(1, e / max(||d_i||, tiny)).
 template <typename T>
 FASTPGD_HD T l2_factor(T eps, T dnorm, T tiny) {
-  T f = eps / (dnorm > tiny ? dnorm : tiny);
-  return f < T(1) ? f : T(1);
+  // clamp_min/clamp_max as the reference writes them: a NaN norm gives a NaN factor.
+  return min_nan(eps / max_nan(dnorm, tiny), T(1));
 }
 
 // L2, last pass per element: back into the ball, then into [lo, hi].
@@ -93,8 +106,63 @@ FASTPGD_HD T l2_project(T d, T x0, T factor, bool has_clamp, T lo, T hi) {
   return x;
 }
 
+// float16 / bfloat16 storage, as raw bits: widening is exact, narrowing rounds to nearest even
+// (NaN stays NaN with its sign, overflow becomes inf, subnormals are kept).
+FASTPGD_HD float bits_to_float(uint32_t u) {
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+}
+FASTPGD_HD uint32_t float_to_bits(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+FASTPGD_HD float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t mant = h & 0x3ffu;
+  if (exp == 0x1fu) return bits_to_float(sign | 0x7f800000u | (mant << 13));  // inf, NaN
+  if (exp == 0) {
+    // Zero or subnormal: mant * 2^-24 is exact in float.
+    const float mag = float(mant) * 5.9604644775390625e-8f;
+    return bits_to_float(sign | float_to_bits(mag));
+  }
+  return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+FASTPGD_HD uint16_t float_to_half_bits(float f) {
+  uint32_t x = float_to_bits(f);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // NaN: quiet, like torch
+  if (x >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // >= 65520 rounds to inf
+  if (x < 0x38800000u) {
+    // Below the smallest normal half (2^-14): adding 0.5 makes the float's ulp 2^-24, the
+    // half subnormal step, so the hardware add rounds to nearest even for us.
+    const float shifted = bits_to_float(x) + 0.5f;
+    return uint16_t(sign | (float_to_bits(shifted) - 0x3f000000u));
+  }
+  // Rebias the exponent (127 -> 15) and round the 13 dropped bits to nearest even; a carry
+  // out of the mantissa correctly bumps the exponent.
+  x += 0xc8000fffu + ((x >> 13) & 1u);
+  return uint16_t(sign | (x >> 13));
+}
+
+FASTPGD_HD float bf16_bits_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+
+FASTPGD_HD uint16_t float_to_bf16_bits(float f) {
+  const uint32_t x = float_to_bits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x0040u);  // quiet NaN
+  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
 // Host entry points (defined in cpu/pgd_step_kernel.cpp and cuda/pgd_step_kernel.cu).
 void pgd_step_cpu(const StepParams& p);
+// Element-wise cast between float32 and float16/bfloat16 with the conversions above (tests use it
+// to compare them with torch over every bit pattern). One side must be kFloat32.
+void cast_cpu(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n);
 #ifdef FASTPGD_WITH_CUDA
 // `stream` is the caller's current cudaStream_t (never the legacy default stream).
 void pgd_step_cuda(const StepParams& p, void* stream);

@@ -8,8 +8,20 @@ and a fused, batched PGD attack whose update step is one C++/CUDA kernel.
 __version__ = "0.1.0"
 
 from fastpgd._ext import extension_info
+from fastpgd.attack import fused_pgd, reference_pgd
+from fastpgd.step import pgd_step_, reference_pgd_step
+from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
+from fastpgd.timers import Timers
 
 __all__ = [
     "__version__",
     "extension_info",
+    "fused_pgd",
+    "reference_pgd",
+    "pgd_step_",
+    "reference_pgd_step",
+    "PyStopwatch",
+    "Stopwatch",
+    "StopwatchError",
+    "Timers",
 ]

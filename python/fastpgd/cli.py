@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what the compiled extension contains and what is in use")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_info)
+
+    from fastpgd import bench, train
+
+    train.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 
