@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, needs_cuda
 from torch import nn
 
+from conftest import DEVICES, needs_cuda
 from fastpgd import attack as attack_mod
 from fastpgd.attack import fused_pgd, reference_pgd
 from fastpgd.models import MadryCNN
@@ -113,6 +114,24 @@ def test_linf_result_in_ball_and_range(pgd, device):
     assert (_linf(x_adv, x) <= eps + 1e-6).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert torch.equal(x_adv[0], x[0])  # eps = 0 leaves the sample alone
+
+
+def test_strided_and_channels_last_inputs():
+    model = _small_cnn().to(memory_format=torch.channels_last)
+    x = torch.rand(8, 8, 6, 1, generator=_gen(0)).permute(2, 3, 0, 1)  # not contiguous
+    y = torch.randint(0, 10, (6,), generator=_gen(1))
+    for xs in (x, x.contiguous().to(memory_format=torch.channels_last)):
+        a = fused_pgd(model, xs, y, eps=0.3, alpha=0.05, steps=3, generator=_gen(2))
+        b = reference_pgd(model, xs, y, eps=0.3, alpha=0.05, steps=3, generator=_gen(2))
+        assert torch.equal(a, b)
+        assert (_linf(a, xs) <= 0.3 + 1e-6).all()
+
+
+def test_empty_batch():
+    model = _small_cnn()
+    x = torch.rand(0, 1, 8, 8)
+    out = fused_pgd(model, x, torch.zeros(0, dtype=torch.long), eps=0.3, alpha=0.05, steps=2)
+    assert out.shape == x.shape
 
 
 @pytest.mark.parametrize("pgd", ATTACKS)
@@ -348,6 +367,40 @@ def test_restarts_with_custom_loss_without_reduction():
     assert torch.equal(best, expected)
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+def test_track_best_returns_the_best_iterate_per_example(targeted):
+    model = _small_cnn()
+    x, y = _batch(8)
+    kw = dict(eps=0.3, alpha=0.3, targeted=targeted)  # large steps: the loss is not monotone
+    steps = 4
+    # Every iterate, from the same start: k steps for k = 0..steps.
+    iterates = [fused_pgd(model, x, y, steps=k, generator=_gen(3), **kw) for k in range(steps + 1)]
+    with torch.no_grad():
+        losses = torch.stack([F.cross_entropy(model(it), y, reduction="none") for it in iterates])
+    pick = losses.argmin(0) if targeted else losses.argmax(0)
+    expected = torch.stack([iterates[int(k)][i] for i, k in enumerate(pick)])
+    best = fused_pgd(model, x, y, steps=steps, generator=_gen(3), track_best=True, **kw)
+    assert torch.equal(best, expected)
+    assert (pick != steps).any()  # meaningful only if the last iterate is not always best
+    ref = reference_pgd(model, x, y, steps=steps, generator=_gen(3), track_best=True, **kw)
+    assert torch.equal(best, ref)
+
+
+def test_track_best_argument_checks():
+    model = _small_cnn()
+    x, y = _batch()
+
+    def reducing_only(logits, y):
+        return F.cross_entropy(logits, y)
+
+    with pytest.raises(ValueError, match="reduction='none'"):
+        fused_pgd(model, x, y, eps=0.3, alpha=0.1, steps=1, loss_fn=reducing_only,
+                  track_best=True)
+    out = fused_pgd(model, x, y, eps=0.3, alpha=0.1, steps=2, loss_fn=F.cross_entropy,
+                    track_best=True, restarts=2)
+    assert (_linf(out, x) <= 0.3 + 1e-6).all()
+
+
 def test_return_delta_and_warm_start_round_trip():
     model = _Linear2()
     x = 0.3 + 0.4 * torch.rand(4, 16, generator=_gen(0))
@@ -528,6 +581,10 @@ def test_cuda_graph_matches_eager(norm):
     again = fused_pgd(model, x, y, generator=_gen(0, "cuda"), cuda_graph=True, **kw)
     assert torch.equal(again, graphed)
     assert len(attack_mod._GRAPH_CACHE[model]) == 1  # replayed from the cache
+    before = len(attack_mod._GRAPH_CACHE)
+    del model
+    gc.collect()
+    assert len(attack_mod._GRAPH_CACHE) == before - 1  # the cache does not keep models alive
 
 
 @needs_cuda

@@ -33,7 +33,10 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
         assert r["x_floor"] == pytest.approx(r["median_s"] / methods["floor"]["median_s"])
         assert r["speedup_vs"]["reference"] == pytest.approx(
             methods["reference"]["median_s"] / r["median_s"])
-    for name, r in methods.items():
+        assert r["x_floor_min"] == pytest.approx(r["min_s"] / methods["floor"]["min_s"])
+        assert r["speedup_vs_min"]["per-example"] == pytest.approx(
+            methods["per-example"]["min_s"] / r["min_s"])
+    for r in methods.values():
         if r["status"] != "ok":
             assert r["status"].startswith("skipped: ")
 
