@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     for workload in args.workloads.split(","):
         device = args.device.replace(":", "")
         out = RESULTS / f"attack-{workload}-{device}-{stamp}.json"
-        code = bench.main(["--workload", workload, "--device", args.device, "--json", str(out),
-                           *extra])
+        code = bench.main(
+            ["--workload", workload, "--device", args.device, "--json", str(out), *extra]
+        )
         if code:
             return code
         print(f"wrote {out}")

@@ -78,8 +78,11 @@ def _run(name: str, overrides: dict, seed: int, epochs: int | None) -> dict:
         "attack_s": sum(timers.laps("attack")) if "attack" in timers.names() else 0.0,
         "wall_s": wall,
     }
-    print(f"seed {seed} {name:<10} clean {entry['clean_acc']:6.1%}  PGD {entry['pgd_acc']:6.1%}"
-          f"  train {entry['train_s']:6.1f} s  wall {wall:6.1f} s", flush=True)
+    print(
+        f"seed {seed} {name:<10} clean {entry['clean_acc']:6.1%}  PGD {entry['pgd_acc']:6.1%}"
+        f"  train {entry['train_s']:6.1f} s  wall {wall:6.1f} s",
+        flush=True,
+    )
     return entry
 
 
@@ -148,11 +151,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, help="override the default 30 epochs")
     parser.add_argument("--replay-steps", type=int, default=2)
-    parser.add_argument("--free-m", type=int, default=4,
-                        help="free replays per batch (Shafahi et al. find 4-10 works; default 4)")
+    parser.add_argument(
+        "--free-m",
+        type=int,
+        default=4,
+        help="free replays per batch (Shafahi et al. find 4-10 works; default 4)",
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", metavar="PATH", help="where the JSON goes (the .md and .png "
-                        "go next to it); default benchmarks/results/replay-<date>.json")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where the JSON goes (the .md and .png "
+        "go next to it); default benchmarks/results/replay-<date>.json",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -177,17 +188,23 @@ def main(argv=None) -> int:
             runs.append(_run(name, overrides, seed, args.epochs))
     rows = _table(runs, list(configs))
     machine["load_avg_at_end"] = os.getloadavg()
-    settings = (f"{config.epochs} epochs, batch {config.batch_size}, eps {config.eps:g}, alpha "
-                f"{config.alpha:g}, full = {config.attack_steps} steps; evaluation PGD "
-                f"{EVAL_STEPS} steps x {config.eval_restarts} restarts on the 360 test digits")
+    settings = (
+        f"{config.epochs} epochs, batch {config.batch_size}, eps {config.eps:g}, alpha "
+        f"{config.alpha:g}, full = {config.attack_steps} steps; evaluation PGD "
+        f"{EVAL_STEPS} steps x {config.eval_restarts} restarts on the 360 test digits"
+    )
     md = _markdown(rows, machine, settings)
     summary = {"machine": machine, "fastpgd": fastpgd.extension_info(), "settings": settings,
                "rows": rows, "runs": runs}  # fmt: skip
     out.write_text(json.dumps(summary, indent=2, default=str))
     out.with_suffix(".md").write_text(md)
     try:
-        _plot(rows, runs, out.with_suffix(".png"),
-              f"digits, {machine['cpu']}, 1 thread, seeds {args.seeds}")
+        _plot(
+            rows,
+            runs,
+            out.with_suffix(".png"),
+            f"digits, {machine['cpu']}, 1 thread, seeds {args.seeds}",
+        )
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
     print(md)

@@ -87,7 +87,9 @@ def run_case(name, shape, norm, repeats):
     fns = {
         "fused": (lambda: fastpgd.pgd_step_(x, g, x0, eps=EPS, alpha=ALPHA, norm=norm), 4),
         "reference_out_of_place": (
-            lambda: fastpgd.reference_pgd_step(x, g, x0, eps=EPS, alpha=ALPHA, norm=norm), 4),
+            lambda: fastpgd.reference_pgd_step(x, g, x0, eps=EPS, alpha=ALPHA, norm=norm),
+            4,
+        ),
         "inplace_chain": (lambda: chain(x, g, x0, lo, hi), 4),
         "torch_compile_inplace": (lambda: compiled(x, g, x0), 4),
         "copy_": (lambda: lo.copy_(g), 2),
@@ -100,14 +102,22 @@ def run_case(name, shape, norm, repeats):
     fused = results["fused"]["median_s"]
     for r in results.values():
         r["ratio_to_fused"] = r["median_s"] / fused
-    print(f"\n{name} {list(shape)} {norm} float32  (backend {fastpgd.extension_info()['backend_in_use']})")
+    backend = fastpgd.extension_info()["backend_in_use"]
+    print(f"\n{name} {list(shape)} {norm} float32  (backend {backend})")
     print(f"  {'':24} {'median':>10} {'p10..p90':>20} {'x fused':>8} {'GB/s':>7}")
     for key, r in results.items():
-        print(f"  {key:24} {r['median_s'] * 1e6:9.1f}us "
-              f"{r['p10_s'] * 1e6:9.1f}..{r['p90_s'] * 1e6:<9.1f} {r['ratio_to_fused']:8.2f} "
-              f"{r['GB_per_s']:7.1f}")
-    return {"name": name, "shape": list(shape), "norm": norm, "dtype": "float32",
-            "results": results}
+        print(
+            f"  {key:24} {r['median_s'] * 1e6:9.1f}us "
+            f"{r['p10_s'] * 1e6:9.1f}..{r['p90_s'] * 1e6:<9.1f} {r['ratio_to_fused']:8.2f} "
+            f"{r['GB_per_s']:7.1f}"
+        )
+    return {
+        "name": name,
+        "shape": list(shape),
+        "norm": norm,
+        "dtype": "float32",
+        "results": results,
+    }
 
 
 def main(argv=None):
@@ -118,14 +128,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cases = [("mnist_batch", (50, 1, 28, 28), "linf"), ("mnist_batch", (50, 1, 28, 28), "l2")]
     if not args.skip_large:
-        cases += [("imagenet_batch", (256, 3, 224, 224), "linf"),
-                  ("imagenet_batch", (256, 3, 224, 224), "l2")]
+        cases += [
+            ("imagenet_batch", (256, 3, 224, 224), "linf"),
+            ("imagenet_batch", (256, 3, 224, 224), "l2"),
+        ]
     out = [run_case(n, s, norm, args.repeats) for n, s, norm in cases]
     if args.json:
-        meta = {"machine": platform.platform(), "processor": platform.processor(),
-                "cpu_count": torch.get_num_threads(), "torch": torch.__version__,
-                "fastpgd": fastpgd.extension_info(),
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        meta = {
+            "machine": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "fastpgd": fastpgd.extension_info(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "cases": out}, f, indent=2, default=str)
 

@@ -44,6 +44,20 @@ def time_cuda(fn, iters, repeats):
     return statistics.median(per_call), min(per_call), max(per_call)
 
 
+def _variants(x_adv, grad, x0, copy_dst, kw, compiled):
+    """The timed callables of one case, bound to its own tensors."""
+    import fastpgd
+
+    variants = {
+        "fused": lambda: fastpgd.pgd_step_(x_adv, grad, x0, **kw),
+        "chain": lambda: fastpgd.reference_pgd_step(x0, grad, x0, **kw),
+    }
+    if compiled is not None:
+        variants["compile"] = lambda: compiled(x0, grad, x0, **kw)
+    variants["copy_"] = lambda: copy_dst.copy_(x0)
+    return variants
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=200, help="calls per timed batch")
@@ -59,12 +73,16 @@ def main(argv=None):
     import fastpgd
 
     info = fastpgd.extension_info()
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"fastpgd {info['version']} backend={info['backend_in_use']} "
-          f"cuda_kernels={info['cuda_available']}")
+    print(
+        f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
+        f"fastpgd {info['version']} backend={info['backend_in_use']} "
+        f"cuda_kernels={info['cuda_available']}"
+    )
     compiled = None if args.no_compile else torch.compile(fastpgd.reference_pgd_step)
-    header = f"{'workload':24} {'dtype':8} {'norm':4} {'variant':10} {'ms':>9} " \
-             f"{'(min-max)':>19} {'GB/s':>8} {'vs chain':>8}"
+    header = (
+        f"{'workload':24} {'dtype':8} {'norm':4} {'variant':10} {'ms':>9} "
+        f"{'(min-max)':>19} {'GB/s':>8} {'vs chain':>8}"
+    )
     print(header)
     print("-" * len(header))
     for dtype_name in args.dtypes.split(","):
@@ -79,19 +97,15 @@ def main(argv=None):
                 x_adv = x0.clone()
                 kw = {"eps": eps, "alpha": alpha, "norm": norm}
                 moved = nbytes * (4 if norm == "linf" else 8)
-                variants = {
-                    "fused": lambda x_adv=x_adv, kw=kw: fastpgd.pgd_step_(x_adv, grad, x0, **kw),
-                    "chain": lambda kw=kw: fastpgd.reference_pgd_step(x0, grad, x0, **kw),
-                }
-                if compiled is not None:
-                    variants["compile"] = lambda kw=kw: compiled(x0, grad, x0, **kw)
-                variants["copy_"] = lambda: copy_dst.copy_(x0)
+                variants = _variants(x_adv, grad, x0, copy_dst, kw, compiled)
                 results = {v: time_cuda(fn, args.iters, args.repeats) for v, fn in variants.items()}
                 chain_ms = results["chain"][0]
                 for v, (ms, lo, hi) in results.items():
                     gbs = (2 * nbytes if v == "copy_" else moved) / (ms * 1e-3) / 1e9
-                    print(f"{name:24} {dtype_name:8} {norm:4} {v:10} {ms:9.4f} "
-                          f"({lo:8.4f}-{hi:8.4f}) {gbs:8.1f} {chain_ms / ms:7.2f}x")
+                    print(
+                        f"{name:24} {dtype_name:8} {norm:4} {v:10} {ms:9.4f} "
+                        f"({lo:8.4f}-{hi:8.4f}) {gbs:8.1f} {chain_ms / ms:7.2f}x"
+                    )
     return 0
 
 

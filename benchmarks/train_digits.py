@@ -67,8 +67,12 @@ def _run(attack: str, epochs: int | None, compare_natural: bool) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 is fastest on a small shared CPU (default: 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 is fastest on a small shared CPU (default: 1)",
+    )
     parser.add_argument("--epochs", type=int, help="override the default epochs (for a quick look)")
     default_out = Path(__file__).parent / "results" / "train_digits.json"
     parser.add_argument("--out", default=str(default_out))
@@ -83,13 +87,30 @@ def main(argv=None) -> int:
     fused, reference = runs
     summary = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "torch": torch.__version__, "python": sys.version.split()[0]},  # fmt: skip
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },  # fmt: skip
         "fastpgd": fastpgd.extension_info(),
-        "config": {k: getattr(config, k) for k in ("dataset", "epochs", "batch_size", "lr", "eps",
-                                                   "alpha", "attack_steps", "eval_steps",
-                                                   "eval_restarts", "seed")},  # fmt: skip
+        "config": {
+            k: getattr(config, k)
+            for k in (
+                "dataset",
+                "epochs",
+                "batch_size",
+                "lr",
+                "eps",
+                "alpha",
+                "attack_steps",
+                "eval_steps",
+                "eval_restarts",
+                "seed",
+            )
+        },  # fmt: skip
         "runs": runs,
         "pgd_gain_points": (fused["pgd_acc"] - fused["natural"]["pgd_acc"]) * 100,
     }
@@ -97,12 +118,16 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
 
-    print(f"PGD accuracy at eps {config.eps:g}: adversarial (fused) {fused['pgd_acc']:.1%}, "
-          f"natural {fused['natural']['pgd_acc']:.1%}: {summary['pgd_gain_points']:+.1f} points")
+    print(
+        f"PGD accuracy at eps {config.eps:g}: adversarial (fused) {fused['pgd_acc']:.1%}, "
+        f"natural {fused['natural']['pgd_acc']:.1%}: {summary['pgd_gain_points']:+.1f} points"
+    )
     for run in runs:
         attack_ms = run["attack_lap"]["median_ms"]
-        print(f"attack {run['attack']:<9}: attack lap median {attack_ms:.2f} ms"
-              f" (step {run['step_lap']['median_ms']:.2f} ms), wall {run['wall_s']:.0f} s")
+        print(
+            f"attack {run['attack']:<9}: attack lap median {attack_ms:.2f} ms"
+            f" (step {run['step_lap']['median_ms']:.2f} ms), wall {run['wall_s']:.0f} s"
+        )
     print(f"written: {out}")
     return 0
 

@@ -201,8 +201,7 @@ def test_attack_lowers_accuracy_on_digits(digits_model, norm, eps):
     model, x, y = digits_model
     clean = _accuracy(model, x, y)
     assert clean > 0.9
-    x_adv = fused_pgd(model, x, y, eps=eps, alpha=eps / 8, steps=20, norm=norm,
-                      generator=_gen(0))
+    x_adv = fused_pgd(model, x, y, eps=eps, alpha=eps / 8, steps=20, norm=norm, generator=_gen(0))
     noise = x + eps * torch.sign(torch.randn(x.shape, generator=_gen(1)))
     if norm == "l2":
         d = torch.randn(x.shape, generator=_gen(1))
@@ -225,8 +224,11 @@ def test_parameters_untouched(pgd):
     frozen.requires_grad_(False)
     before = [(p.requires_grad, p.detach().clone()) for p in model.parameters()]
     weight_grads = []
-    hooks = [p.register_hook(lambda g: weight_grads.append(g)) for p in model.parameters()
-             if p.requires_grad]
+    hooks = [
+        p.register_hook(lambda g: weight_grads.append(g))
+        for p in model.parameters()
+        if p.requires_grad
+    ]
     x_req = x.clone().requires_grad_(True)
     x_adv = pgd(model, x_req, y, eps=0.3, alpha=0.05, steps=3)
     for h in hooks:
@@ -240,9 +242,10 @@ def test_parameters_untouched(pgd):
     assert not x_adv.requires_grad and x_adv.grad_fn is None
 
 
-@pytest.mark.parametrize("mode,expected", [("eval", (False, False, False)),
-                                           ("train", (True, True, True)),
-                                           ("keep", (True, False, True))])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [("eval", (False, False, False)), ("train", (True, True, True)), ("keep", (True, False, True))],
+)
 def test_model_mode_applied_and_restored(mode, expected):
     model = _ModeRecorder()
     model.train()
@@ -302,8 +305,7 @@ def test_steps_zero_returns_the_random_start():
     out = fused_pgd(model, x, y, eps=0.3, alpha=0.05, steps=0, generator=_gen(2))
     u = torch.rand(x.shape, generator=_gen(2))
     torch.testing.assert_close(out, (x + (u * 2 - 1) * 0.3).clamp(0, 1), rtol=0, atol=0)
-    assert torch.equal(fused_pgd(model, x, y, eps=0.3, alpha=0.05, steps=0,
-                                 random_start=False), x)
+    assert torch.equal(fused_pgd(model, x, y, eps=0.3, alpha=0.05, steps=0, random_start=False), x)
 
 
 def test_l2_random_start_is_uniform_in_the_ball():
@@ -311,8 +313,9 @@ def test_l2_random_start_is_uniform_in_the_ball():
     model = nn.Linear(d, 3)
     x = torch.zeros(n, d)
     y = torch.zeros(n, dtype=torch.long)
-    start = fused_pgd(model, x, y, eps=eps, alpha=0.1, steps=0, norm="l2", clamp=None,
-                      generator=_gen(0))
+    start = fused_pgd(
+        model, x, y, eps=eps, alpha=0.1, steps=0, norm="l2", clamp=None, generator=_gen(0)
+    )
     r = start.norm(dim=1) / eps
     assert r.max() <= 1 + 1e-6
     # Uniform in the volume <=> (r/eps)^d is uniform on [0, 1]: mean 1/2, variance 1/12.
@@ -354,14 +357,20 @@ def test_restarts_with_custom_loss_without_reduction():
         return (other - true).sum()
 
     g = _gen(4)
-    singles = [fused_pgd(model, x, y, eps=0.3, alpha=0.02, steps=2, loss_fn=margin,
-                         generator=g) for _ in range(2)]
-    best = fused_pgd(model, x, y, eps=0.3, alpha=0.02, steps=2, loss_fn=margin,
-                     generator=_gen(4), restarts=2)
+    singles = [
+        fused_pgd(model, x, y, eps=0.3, alpha=0.02, steps=2, loss_fn=margin, generator=g)
+        for _ in range(2)
+    ]
+    best = fused_pgd(
+        model, x, y, eps=0.3, alpha=0.02, steps=2, loss_fn=margin, generator=_gen(4), restarts=2
+    )
     with torch.no_grad():
-        losses = torch.stack([
-            torch.stack([margin(model(s[i:i + 1]), y[i:i + 1]) for i in range(5)])
-            for s in singles])
+        losses = torch.stack(
+            [
+                torch.stack([margin(model(s[i : i + 1]), y[i : i + 1]) for i in range(5)])
+                for s in singles
+            ]
+        )
     pick = losses.argmax(0)
     expected = torch.stack([singles[int(k)][i] for i, k in enumerate(pick)])
     assert torch.equal(best, expected)
@@ -394,10 +403,18 @@ def test_track_best_argument_checks():
         return F.cross_entropy(logits, y)
 
     with pytest.raises(ValueError, match="reduction='none'"):
-        fused_pgd(model, x, y, eps=0.3, alpha=0.1, steps=1, loss_fn=reducing_only,
-                  track_best=True)
-    out = fused_pgd(model, x, y, eps=0.3, alpha=0.1, steps=2, loss_fn=F.cross_entropy,
-                    track_best=True, restarts=2)
+        fused_pgd(model, x, y, eps=0.3, alpha=0.1, steps=1, loss_fn=reducing_only, track_best=True)
+    out = fused_pgd(
+        model,
+        x,
+        y,
+        eps=0.3,
+        alpha=0.1,
+        steps=2,
+        loss_fn=F.cross_entropy,
+        track_best=True,
+        restarts=2,
+    )
     assert (_linf(out, x) <= 0.3 + 1e-6).all()
 
 
@@ -405,8 +422,9 @@ def test_return_delta_and_warm_start_round_trip():
     model = _Linear2()
     x = 0.3 + 0.4 * torch.rand(4, 16, generator=_gen(0))
     y = torch.tensor([0, 1, 0, 1])
-    x_adv, delta = fused_pgd(model, x, y, eps=0.1, alpha=0.01, steps=3, random_start=False,
-                             return_delta=True)
+    x_adv, delta = fused_pgd(
+        model, x, y, eps=0.1, alpha=0.01, steps=3, random_start=False, return_delta=True
+    )
     torch.testing.assert_close(x + delta, x_adv)
     # Three steps, then two more from the returned delta, equal five steps.
     cont = fused_pgd(model, x, y, eps=0.1, alpha=0.01, steps=2, delta_init=delta)
@@ -422,8 +440,7 @@ def test_delta_init_is_projected_into_ball_and_range():
     out = fused_pgd(model, x, y, eps=0.2, alpha=0.05, steps=0, delta_init=delta)
     expected = torch.cat([(x[:3] - 0.2).clamp(0, 1), (x[3:] + 0.2).clamp(0, 1)])
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    out2 = fused_pgd(model, x, y, eps=1.0, alpha=0.05, steps=0, delta_init=delta * 3,
-                     norm="l2")
+    out2 = fused_pgd(model, x, y, eps=1.0, alpha=0.05, steps=0, delta_init=delta * 3, norm="l2")
     assert (_l2(out2, x) <= 1.0 + 1e-5).all()
 
 
@@ -497,35 +514,41 @@ def _call(**overrides):
     return fused_pgd(model, args.pop("x"), args.pop("y"), **args)
 
 
-@pytest.mark.parametrize("overrides,exc,words", [
-    (dict(y=torch.zeros(5, dtype=torch.long)), ValueError, "y must have shape (6,)"),
-    (dict(y=torch.zeros(6, 1, dtype=torch.long)), ValueError, "y must have shape"),
-    (dict(y=torch.zeros(6)), TypeError, "integer class labels"),
-    (dict(y=[0] * 6), TypeError, "y must be a tensor"),
-    (dict(eps=-0.1), ValueError, "eps must be finite and >= 0"),
-    (dict(eps=float("nan")), ValueError, "eps must be finite"),
-    (dict(eps=torch.tensor([0.1, -1, 0, 0, 0, 0])), ValueError, "eps must be finite"),
-    (dict(eps=torch.zeros(3)), ValueError, "one value per sample"),
-    (dict(eps="0.3"), TypeError, "eps must be a number"),
-    (dict(alpha=-1.0), ValueError, "alpha must be finite and >= 0"),
-    (dict(alpha=torch.full((6,), 0.1)), TypeError, "alpha must be a number"),
-    (dict(alpha=math.inf), ValueError, "alpha must be finite"),
-    (dict(steps=-1), ValueError, "steps must be >= 0"),
-    (dict(steps=2.0), TypeError, "steps must be an int"),
-    (dict(steps=True), TypeError, "steps must be an int"),
-    (dict(norm="l1"), ValueError, "norm must be one of"),
-    (dict(restarts=0), ValueError, "restarts must be >= 1"),
-    (dict(model_mode="test"), ValueError, "model_mode must be one of"),
-    (dict(x=torch.randint(0, 2, (6, 1, 8, 8))), TypeError, "x must be a floating-point"),
-    (dict(x=torch.rand(6, 1, 8, 8) + 1), ValueError, "x has values outside clamp=(0.0, 1.0)"),
-    (dict(clamp=(1.0, 0.0)), ValueError, "clamp must satisfy lo <= hi"),
-    (dict(amp_dtype=torch.float64), ValueError, "amp_dtype must be"),
-    (dict(generator=1), TypeError, "generator must be a torch.Generator"),
-    (dict(loss_fn=lambda logits, y: F.cross_entropy(logits, y, reduction="none")),
-     ValueError, "loss_fn must return a scalar"),
-    (dict(cuda_graph=True), ValueError, "cuda_graph=True needs CUDA tensors"),
-    (dict(model=MadryCNN(image_size=8).to("meta")), ValueError, "model is on meta"),
-])
+@pytest.mark.parametrize(
+    "overrides,exc,words",
+    [
+        (dict(y=torch.zeros(5, dtype=torch.long)), ValueError, "y must have shape (6,)"),
+        (dict(y=torch.zeros(6, 1, dtype=torch.long)), ValueError, "y must have shape"),
+        (dict(y=torch.zeros(6)), TypeError, "integer class labels"),
+        (dict(y=[0] * 6), TypeError, "y must be a tensor"),
+        (dict(eps=-0.1), ValueError, "eps must be finite and >= 0"),
+        (dict(eps=float("nan")), ValueError, "eps must be finite"),
+        (dict(eps=torch.tensor([0.1, -1, 0, 0, 0, 0])), ValueError, "eps must be finite"),
+        (dict(eps=torch.zeros(3)), ValueError, "one value per sample"),
+        (dict(eps="0.3"), TypeError, "eps must be a number"),
+        (dict(alpha=-1.0), ValueError, "alpha must be finite and >= 0"),
+        (dict(alpha=torch.full((6,), 0.1)), TypeError, "alpha must be a number"),
+        (dict(alpha=math.inf), ValueError, "alpha must be finite"),
+        (dict(steps=-1), ValueError, "steps must be >= 0"),
+        (dict(steps=2.0), TypeError, "steps must be an int"),
+        (dict(steps=True), TypeError, "steps must be an int"),
+        (dict(norm="l1"), ValueError, "norm must be one of"),
+        (dict(restarts=0), ValueError, "restarts must be >= 1"),
+        (dict(model_mode="test"), ValueError, "model_mode must be one of"),
+        (dict(x=torch.randint(0, 2, (6, 1, 8, 8))), TypeError, "x must be a floating-point"),
+        (dict(x=torch.rand(6, 1, 8, 8) + 1), ValueError, "x has values outside clamp=(0.0, 1.0)"),
+        (dict(clamp=(1.0, 0.0)), ValueError, "clamp must satisfy lo <= hi"),
+        (dict(amp_dtype=torch.float64), ValueError, "amp_dtype must be"),
+        (dict(generator=1), TypeError, "generator must be a torch.Generator"),
+        (
+            dict(loss_fn=lambda logits, y: F.cross_entropy(logits, y, reduction="none")),
+            ValueError,
+            "loss_fn must return a scalar",
+        ),
+        (dict(cuda_graph=True), ValueError, "cuda_graph=True needs CUDA tensors"),
+        (dict(model=MadryCNN(image_size=8).to("meta")), ValueError, "model is on meta"),
+    ],
+)
 def test_bad_input(overrides, exc, words):
     with pytest.raises(exc) as info:
         _call(**overrides)
@@ -547,17 +570,31 @@ def test_outside_clamp_message_names_min_and_max():
 def test_graph_key_separates_what_a_capture_depends_on():
     model = _small_cnn().eval()
     x, y = _batch()
-    base = dict(eps=0.3, alpha=0.01, norm="linf", loss_fn=None, targeted=False,
-                clamp=(0.0, 1.0), amp_dtype=None)
+    base = dict(
+        eps=0.3,
+        alpha=0.01,
+        norm="linf",
+        loss_fn=None,
+        targeted=False,
+        clamp=(0.0, 1.0),
+        amp_dtype=None,
+    )
     key = attack_mod._graph_key(model, x, y, **base)
     assert key == attack_mod._graph_key(model, x.clone(), y.clone(), **base)
     # Per-sample budgets are copied into the graph's buffers, so their values do not matter.
     per = dict(base, eps=torch.full((6,), 0.3))
     assert attack_mod._graph_key(model, x, y, **per) == attack_mod._graph_key(
-        model, x, y, **dict(base, eps=torch.full((6,), 0.1)))
-    for change in (dict(eps=0.2), dict(alpha=0.02), dict(norm="l2"), dict(targeted=True),
-                   dict(loss_fn=F.cross_entropy), dict(clamp=None),
-                   dict(amp_dtype=torch.bfloat16)):
+        model, x, y, **dict(base, eps=torch.full((6,), 0.1))
+    )
+    for change in (
+        dict(eps=0.2),
+        dict(alpha=0.02),
+        dict(norm="l2"),
+        dict(targeted=True),
+        dict(loss_fn=F.cross_entropy),
+        dict(clamp=None),
+        dict(amp_dtype=torch.bfloat16),
+    ):
         assert attack_mod._graph_key(model, x, y, **dict(base, **change)) != key
     assert attack_mod._graph_key(model, x[:3], y[:3], **base) != key
     assert attack_mod._graph_key(model, x.double(), y, **base) != key

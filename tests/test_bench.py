@@ -9,8 +9,19 @@ import pytest
 
 from fastpgd import bench
 
-TINY = ["--batch-size", "4", "--steps", "2", "--repeats", "1", "--warmup", "0",
-        "--per-example-subset", "2", "--quiet"]
+TINY = [
+    "--batch-size",
+    "4",
+    "--steps",
+    "2",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--per-example-subset",
+    "2",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +43,12 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] < 120
         assert r["x_floor"] == pytest.approx(r["median_s"] / methods["floor"]["median_s"])
         assert r["speedup_vs"]["reference"] == pytest.approx(
-            methods["reference"]["median_s"] / r["median_s"])
+            methods["reference"]["median_s"] / r["median_s"]
+        )
         assert r["x_floor_min"] == pytest.approx(r["min_s"] / methods["floor"]["min_s"])
         assert r["speedup_vs_min"]["per-example"] == pytest.approx(
-            methods["per-example"]["min_s"] / r["min_s"])
+            methods["per-example"]["min_s"] / r["min_s"]
+        )
     for r in methods.values():
         if r["status"] != "ok":
             assert r["status"].startswith("skipped: ")
@@ -59,9 +72,25 @@ def test_add_parser_registers_the_subcommand(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="fastpgd")
     bench.add_parser(parser.add_subparsers(dest="command", required=True))
     path = tmp_path / "r.json"
-    args = parser.parse_args(["bench", "--workload", "cifar", "--batch-size", "2", "--steps",
-                              "1", "--repeats", "1", "--warmup", "0", "--methods",
-                              "fused,reference,floor", "--json", str(path)])
+    args = parser.parse_args(
+        [
+            "bench",
+            "--workload",
+            "cifar",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "fused,reference,floor",
+            "--json",
+            str(path),
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "fused" in out and "x floor" in out
@@ -70,12 +99,15 @@ def test_add_parser_registers_the_subcommand(tmp_path, capsys):
     assert result["config"]["shape"] == [3, 32, 32]
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(workload="imagenet"), "workload must be one of"),
-    (dict(methods=["fused", "pgd"]), "unknown ['pgd']"),
-    (dict(repeats=0), "repeats must be an int >= 1"),
-    (dict(dtype="int8"), "dtype must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(workload="imagenet"), "workload must be one of"),
+        (dict(methods=["fused", "pgd"]), "unknown ['pgd']"),
+        (dict(repeats=0), "repeats must be an int >= 1"),
+        (dict(dtype="int8"), "dtype must be one of"),
+    ],
+)
 def test_bad_arguments(kwargs, words):
     with pytest.raises(ValueError) as info:
         bench.run_bench(quiet=True, batch_size=2, steps=1, **kwargs)

@@ -121,8 +121,18 @@ def test_idx_gz_detected_by_content_not_name(tmp_path):
         (lambda b: b[:8] + struct.pack(">I", 9) + b[12:], "truncated"),  # wrong dims
         (lambda b: b[:8] + struct.pack(">I", 2) + b[12:], "extra bytes"),  # wrong dims
     ],
-    ids=["short-1", "short-header", "no-header", "extra", "labels-magic", "bad-magic",
-         "float-type", "zero-dim", "dims-too-big", "dims-too-small"],  # fmt: skip
+    ids=[
+        "short-1",
+        "short-header",
+        "no-header",
+        "extra",
+        "labels-magic",
+        "bad-magic",
+        "float-type",
+        "zero-dim",
+        "dims-too-big",
+        "dims-too-small",
+    ],  # fmt: skip
 )
 def test_idx_images_errors_name_the_file(tmp_path, rng, gz, corrupt, words):
     good = _idx_bytes(rng.integers(0, 256, (4, 3, 3), dtype=np.uint8))

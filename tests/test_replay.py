@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, HAS_CUDA, needs_cuda
 
+from conftest import DEVICES, HAS_CUDA, needs_cuda
 from fastpgd.replay import ReplayMemory
 
 SHAPE = (1, 4, 4)

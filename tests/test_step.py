@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES, EXT, needs_ext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd
+from conftest import DEVICES, EXT, needs_ext
 from fastpgd import pgd_step_, reference_pgd_step
 
 LOW = (torch.float16, torch.bfloat16)
@@ -29,8 +29,12 @@ def _ulp_close(actual, expected, ulps=1):
     a = actual[~nan].double()
     e = expected[~nan].double()
     # The gap to the next representable value at e, in e's dtype.
-    step = (torch.nextafter(expected[~nan].float().abs(), torch.tensor(math.inf))
-            .to(expected.dtype).double() - e.abs()).abs()
+    step = (
+        torch.nextafter(expected[~nan].float().abs(), torch.tensor(math.inf))
+        .to(expected.dtype)
+        .double()
+        - e.abs()
+    ).abs()
     tiny = torch.finfo(expected.dtype).smallest_normal * torch.finfo(expected.dtype).eps
     assert bool(((a - e).abs() <= ulps * torch.maximum(step, torch.tensor(tiny)) + 0).all())
 
@@ -43,8 +47,7 @@ def _inputs(shape, dtype, device, seed=0, special=False):
     if special and grad.numel() >= 4:
         flat = grad.view(-1)
         flat[0], flat[1], flat[2], flat[3] = 0.0, math.nan, math.inf, -math.inf
-    conv = (lambda t: t.to(dtype=dtype, device=device))
-    return conv(x_adv), conv(grad), conv(x0)
+    return tuple(t.to(dtype=dtype, device=device) for t in (x_adv, grad, x0))
 
 
 def _both(x_adv, grad, x0, **kw):
@@ -138,8 +141,9 @@ def test_l2_tolerance(device, shape, eps):
     x_adv, grad, x0 = _inputs(shape, torch.float32, device, seed=2)
     out = x_adv.clone()
     pgd_step_(out, grad, x0, eps=eps, alpha=0.1, norm="l2", clamp=None)
-    ref64 = reference_pgd_step(x_adv.double(), grad.double(), x0.double(), eps=eps, alpha=0.1,
-                               norm="l2", clamp=None)
+    ref64 = reference_pgd_step(
+        x_adv.double(), grad.double(), x0.double(), eps=eps, alpha=0.1, norm="l2", clamp=None
+    )
     # Relative to the magnitude of the terms summed (x0 + d * factor): where they cancel, the
     # float32 rounding of each term is all a float32 kernel can promise.
     scale = x0.double().abs() + (ref64 - x0.double()).abs()
@@ -185,10 +189,17 @@ def test_conversions_exhaustive(name):
     nxt = f.to(dtype).float()
     nxt = torch.nextafter(f.to(dtype), torch.tensor(math.inf, dtype=dtype)).float()
     mid = ((f.double() + nxt.double()) / 2).float()
-    probes = torch.cat([f, up, torch.nextafter(f, torch.tensor(-math.inf)), mid,
-                        torch.nextafter(mid, torch.tensor(math.inf)),
-                        torch.nextafter(mid, torch.tensor(-math.inf)),
-                        torch.tensor([math.nan, -math.nan, 65519.99, 65520.0, 1e-8, -3e38])])
+    probes = torch.cat(
+        [
+            f,
+            up,
+            torch.nextafter(f, torch.tensor(-math.inf)),
+            mid,
+            torch.nextafter(mid, torch.tensor(math.inf)),
+            torch.nextafter(mid, torch.tensor(-math.inf)),
+            torch.tensor([math.nan, -math.nan, 65519.99, 65520.0, 1e-8, -3e38]),
+        ]
+    )
     probes = probes[torch.isfinite(probes) | torch.isnan(probes)]
     narrow = torch.empty(probes.shape, dtype=dtype)
     fastpgd._ext._C._cast(probes, narrow)
@@ -219,13 +230,16 @@ def _call(kind):
         "eps_negative": lambda: pgd_step_(x_adv, grad, x0, eps=-0.1, alpha=0.01),
         "eps_nan": lambda: pgd_step_(x_adv, grad, x0, eps=math.nan, alpha=0.01),
         "eps_sample_negative": lambda: pgd_step_(
-            x_adv, grad, x0, eps=torch.tensor([0.1, -0.1, 0.1, 0.1]), alpha=0.01),
+            x_adv, grad, x0, eps=torch.tensor([0.1, -0.1, 0.1, 0.1]), alpha=0.01
+        ),
         "eps_sample_nan": lambda: pgd_step_(
-            x_adv, grad, x0, eps=torch.tensor([0.1, 0.1, math.nan, 0.1]), alpha=0.01),
+            x_adv, grad, x0, eps=torch.tensor([0.1, 0.1, math.nan, 0.1]), alpha=0.01
+        ),
         "eps_length": lambda: pgd_step_(x_adv, grad, x0, eps=torch.full((3,), 0.1), alpha=0.01),
         "eps_2d": lambda: pgd_step_(x_adv, grad, x0, eps=torch.full((4, 1), 0.1), alpha=0.01),
         "eps_dtype": lambda: pgd_step_(
-            x_adv, grad, x0, eps=torch.full((4,), 0.1, dtype=torch.float64), alpha=0.01),
+            x_adv, grad, x0, eps=torch.full((4,), 0.1, dtype=torch.float64), alpha=0.01
+        ),
         "eps_str": lambda: pgd_step_(x_adv, grad, x0, eps="0.3", alpha=0.01),
         "alpha_nan": lambda: pgd_step_(x_adv, grad, x0, eps=0.3, alpha=math.nan),
         "alpha_inf": lambda: pgd_step_(x_adv, grad, x0, eps=0.3, alpha=math.inf),
@@ -238,10 +252,12 @@ def _call(kind):
         "norm_type": lambda: pgd_step_(x_adv, grad, x0, **kw, norm=2),
         "grad_not_tensor": lambda: pgd_step_(x_adv, [[0.0] * 3] * 4, x0, **kw),
         "x_adv_not_tensor": lambda: pgd_step_(None, grad, x0, **kw),
-        "x_adv_noncontig": lambda: pgd_step_(x_adv.t(), grad.t().contiguous(),
-                                             x0.t().contiguous(), **kw),
-        "grad_noncontig": lambda: pgd_step_(x_adv.t().contiguous(), grad.t(),
-                                            x0.t().contiguous(), **kw),
+        "x_adv_noncontig": lambda: pgd_step_(
+            x_adv.t(), grad.t().contiguous(), x0.t().contiguous(), **kw
+        ),
+        "grad_noncontig": lambda: pgd_step_(
+            x_adv.t().contiguous(), grad.t(), x0.t().contiguous(), **kw
+        ),
         "requires_grad_leaf": lambda: pgd_step_(x_adv.requires_grad_(), grad, x0, **kw),
     }
     return x_adv, cases[kind]
@@ -338,8 +354,13 @@ def test_numpy_dlpack_path_and_read_only():
     x0 = rng.random((3, 5), dtype=np.float32)
     x_adv = x0 + np.float32(0.05)
     grad = rng.standard_normal((3, 5)).astype(np.float32)
-    expected = reference_pgd_step(torch.from_numpy(x_adv.copy()), torch.from_numpy(grad),
-                                  torch.from_numpy(x0), eps=0.3, alpha=0.01)
+    expected = reference_pgd_step(
+        torch.from_numpy(x_adv.copy()),
+        torch.from_numpy(grad),
+        torch.from_numpy(x0),
+        eps=0.3,
+        alpha=0.01,
+    )
     fastpgd._ext._C.pgd_step_(x_adv, grad, x0, 0.3, 0.01, "linf", (0.0, 1.0))
     _exact(torch.from_numpy(x_adv), expected)
     x_adv.flags.writeable = False

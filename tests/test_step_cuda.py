@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EXT, needs_cuda, needs_ext
 
 import fastpgd
+from conftest import EXT, needs_cuda, needs_ext
 
 pytestmark = [needs_cuda, pytest.mark.cuda]
 
@@ -100,7 +100,12 @@ def _check_step(x_adv, grad, x0, eps, norm, clamp=(0.0, 1.0)):
         # L2 norms are sums: compare with float64 arithmetic, not with another summation order.
         eps64 = eps.to(torch.float64) if isinstance(eps, torch.Tensor) else eps
         ref64 = fastpgd.reference_pgd_step(
-            x_adv.double(), grad.double(), x0.double(), eps=eps64, alpha=alpha, norm=norm,
+            x_adv.double(),
+            grad.double(),
+            x0.double(),
+            eps=eps64,
+            alpha=alpha,
+            norm=norm,
             clamp=clamp,
         )
         _assert_rel(out, ref64, 1e-6 if dtype == torch.float32 else 1e-12)

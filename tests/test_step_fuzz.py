@@ -7,14 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import needs_ext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd
+from conftest import needs_ext
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.uint8,
-          torch.bool, torch.complex64]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int32,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
 
 shapes = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
 
@@ -36,11 +44,24 @@ def tensors(draw):
     return t
 
 
-garbage = st.sampled_from([None, 1.5, "x", b"\x00", [1.0, 2.0], object(), math.nan, True,
-                           np.zeros(3, dtype=np.float32), np.zeros((2, 2), dtype=np.int64)])
+garbage = st.sampled_from(
+    [
+        None,
+        1.5,
+        "x",
+        b"\x00",
+        [1.0, 2.0],
+        object(),
+        math.nan,
+        True,
+        np.zeros(3, dtype=np.float32),
+        np.zeros((2, 2), dtype=np.int64),
+    ]
+)
 args = st.one_of(tensors(), garbage)
-scalars = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), garbage,
-                    tensors())
+scalars = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), garbage, tensors()
+)
 clamps = st.one_of(st.none(), st.tuples(st.floats(), st.floats()), garbage)
 norms = st.one_of(st.sampled_from(["linf", "l2", "L2", ""]), garbage)
 
@@ -55,8 +76,10 @@ def test_boundary_raises_only_type_or_value_errors(x_adv, grad, x0, eps, alpha, 
     except (TypeError, ValueError):
         if before is not None:
             assert torch.equal(x_adv, before) or (
-                before.is_floating_point() and torch.equal(x_adv.isnan(), before.isnan())
-                and torch.equal(x_adv.nan_to_num(), before.nan_to_num()))
+                before.is_floating_point()
+                and torch.equal(x_adv.isnan(), before.isnan())
+                and torch.equal(x_adv.nan_to_num(), before.nan_to_num())
+            )
         return
     # It ran: the arguments were valid, so the reference must accept them too.
     assert isinstance(x_adv, torch.Tensor)

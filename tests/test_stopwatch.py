@@ -15,6 +15,7 @@ import time
 import weakref
 
 import pytest
+
 from conftest import needs_ext
 from fastpgd import _ext
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError

@@ -12,12 +12,13 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 import pytest
-from conftest import needs_ext
-from fastpgd import _ext
-from fastpgd.stopwatch import PyStopwatch, StopwatchError
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from conftest import needs_ext
+from fastpgd import _ext
+from fastpgd.stopwatch import PyStopwatch, StopwatchError
 
 
 class Model:

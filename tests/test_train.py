@@ -122,8 +122,7 @@ def test_compare_natural_reports_both():
 
 def test_training_learns_and_pgd_lowers_accuracy():
     # A few epochs of natural training separate the synthetic classes; a large eps breaks them.
-    result, _ = _run(attack="none", synthetic_size=300, epochs=4, eps=0.5, alpha=0.1,
-                     eval_steps=5)
+    result, _ = _run(attack="none", synthetic_size=300, epochs=4, eps=0.5, alpha=0.1, eval_steps=5)
     assert result.clean_acc >= 0.8
     assert result.pgd_acc < result.clean_acc
 
@@ -297,8 +296,16 @@ def test_cli_rejects_bad_values(capsys):
 def test_digits_default_run_smoke():
     # The default dataset end to end, shortened.
     out = io.StringIO()
-    result = train(dataset="digits", max_steps=2, attack_steps=2, eval_limit=40, eval_steps=2,
-                   eval_restarts=1, quiet=True, out=out)
+    result = train(
+        dataset="digits",
+        max_steps=2,
+        attack_steps=2,
+        eval_limit=40,
+        eval_steps=2,
+        eval_restarts=1,
+        quiet=True,
+        out=out,
+    )
     assert result.steps == 2 and result.config.image_size == 8
     assert "digits test split at eps 0.2" in out.getvalue()
 
@@ -374,8 +381,11 @@ def test_replay_compressed_memory_trains(dtype):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(replay=True, replay_steps=1), dict(replay=True, replay_dtype="int8", replay_reset=2),
-     dict(free_replays=2)],
+    [
+        dict(replay=True, replay_steps=1),
+        dict(replay=True, replay_dtype="int8", replay_reset=2),
+        dict(free_replays=2),
+    ],
     ids=["replay", "replay-int8-reset", "free"],
 )
 @pytest.mark.parametrize("split", [2, 4], ids=["mid-epoch", "next-epoch"])

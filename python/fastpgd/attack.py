@@ -66,8 +66,9 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def _validate(model, x, y, eps, alpha, steps, norm, loss_fn, clamp, model_mode, restarts,
-              amp_dtype, generator):
+def _validate(
+    model, x, y, eps, alpha, steps, norm, loss_fn, clamp, model_mode, restarts, amp_dtype, generator
+):
     if not callable(model):
         raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -124,8 +125,10 @@ def _validate(model, x, y, eps, alpha, steps, norm, loss_fn, clamp, model_mode, 
     eps = _check_budget("eps", eps, x)
     if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
         # The fused kernel takes one step size; per-sample radii cover the per-sample use case.
-        raise TypeError("alpha must be a number (one step size for the batch), got a tensor "
-                        f"of shape {tuple(alpha.shape)}")
+        raise TypeError(
+            "alpha must be a number (one step size for the batch), got a tensor "
+            f"of shape {tuple(alpha.shape)}"
+        )
     alpha = _check_budget("alpha", alpha, x)
     if clamp is not None:
         if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2):
@@ -266,11 +269,18 @@ def _graph_key(model, x, y, eps, alpha, norm, loss_fn, targeted, clamp, amp_dtyp
         return ("per-sample",) if isinstance(v, torch.Tensor) else ("scalar", v)
 
     return (
-        tuple(x.shape), x.dtype, str(x.device),
-        tuple(y.shape), y.dtype,
-        budget(eps), budget(alpha), norm,
+        tuple(x.shape),
+        x.dtype,
+        str(x.device),
+        tuple(y.shape),
+        y.dtype,
+        budget(eps),
+        budget(alpha),
+        norm,
         None if loss_fn is None else id(loss_fn),
-        bool(targeted), clamp, amp_dtype,
+        bool(targeted),
+        clamp,
+        amp_dtype,
         tuple(m.training for m in model.modules()),
     )
 
@@ -321,11 +331,44 @@ class _CapturedStep:
 # --------------------------------------------------------------------------------------------
 
 
-def _pgd(step_fn, model, x, y, *, eps, alpha, steps, norm, random_start, loss_fn, targeted,
-         clamp, generator, model_mode, delta_init, return_delta, restarts, amp_dtype,
-         cuda_graph, track_best):
-    eps, alpha, clamp = _validate(model, x, y, eps, alpha, steps, norm, loss_fn, clamp,
-                                  model_mode, restarts, amp_dtype, generator)
+def _pgd(
+    step_fn,
+    model,
+    x,
+    y,
+    *,
+    eps,
+    alpha,
+    steps,
+    norm,
+    random_start,
+    loss_fn,
+    targeted,
+    clamp,
+    generator,
+    model_mode,
+    delta_init,
+    return_delta,
+    restarts,
+    amp_dtype,
+    cuda_graph,
+    track_best,
+):
+    eps, alpha, clamp = _validate(
+        model,
+        x,
+        y,
+        eps,
+        alpha,
+        steps,
+        norm,
+        loss_fn,
+        clamp,
+        model_mode,
+        restarts,
+        amp_dtype,
+        generator,
+    )
     if cuda_graph:
         _check_cuda_graph(x, model)
         if track_best:
@@ -355,7 +398,8 @@ def _pgd(step_fn, model, x, y, *, eps, alpha, steps, norm, random_start, loss_fn
     loss_of = loss_fn if loss_fn is not None else _sum_cross_entropy
     autocast = (
         (lambda: torch.autocast(device_type=x.device.type, dtype=amp_dtype))
-        if amp_dtype is not None else contextlib.nullcontext
+        if amp_dtype is not None
+        else contextlib.nullcontext
     )
 
     def make_step(net):
@@ -534,31 +578,96 @@ _DOC = """{summary}
     """
 
 
-def fused_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps: int,
-              norm: str = "linf", random_start: bool = True, loss_fn: Callable | None = None,
-              targeted: bool = False, clamp=(0.0, 1.0), generator: torch.Generator | None = None,
-              model_mode: str = "eval", delta_init: torch.Tensor | None = None,
-              return_delta: bool = False, restarts: int = 1, amp_dtype: torch.dtype | None = None,
-              cuda_graph: bool = False, track_best: bool = False):
-    return _pgd(pgd_step_, model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm,
-                random_start=random_start, loss_fn=loss_fn, targeted=targeted, clamp=clamp,
-                generator=generator, model_mode=model_mode, delta_init=delta_init,
-                return_delta=return_delta, restarts=restarts, amp_dtype=amp_dtype,
-                cuda_graph=cuda_graph, track_best=track_best)
+def fused_pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps,
+    alpha,
+    steps: int,
+    norm: str = "linf",
+    random_start: bool = True,
+    loss_fn: Callable | None = None,
+    targeted: bool = False,
+    clamp=(0.0, 1.0),
+    generator: torch.Generator | None = None,
+    model_mode: str = "eval",
+    delta_init: torch.Tensor | None = None,
+    return_delta: bool = False,
+    restarts: int = 1,
+    amp_dtype: torch.dtype | None = None,
+    cuda_graph: bool = False,
+    track_best: bool = False,
+):
+    return _pgd(
+        pgd_step_,
+        model,
+        x,
+        y,
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
+        norm=norm,
+        random_start=random_start,
+        loss_fn=loss_fn,
+        targeted=targeted,
+        clamp=clamp,
+        generator=generator,
+        model_mode=model_mode,
+        delta_init=delta_init,
+        return_delta=return_delta,
+        restarts=restarts,
+        amp_dtype=amp_dtype,
+        cuda_graph=cuda_graph,
+        track_best=track_best,
+    )
 
 
-def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps: int,
-                  norm: str = "linf", random_start: bool = True,
-                  loss_fn: Callable | None = None, targeted: bool = False, clamp=(0.0, 1.0),
-                  generator: torch.Generator | None = None, model_mode: str = "eval",
-                  delta_init: torch.Tensor | None = None, return_delta: bool = False,
-                  restarts: int = 1, amp_dtype: torch.dtype | None = None,
-                  cuda_graph: bool = False, track_best: bool = False):
-    return _pgd(reference_pgd_step, model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm,
-                random_start=random_start, loss_fn=loss_fn, targeted=targeted, clamp=clamp,
-                generator=generator, model_mode=model_mode, delta_init=delta_init,
-                return_delta=return_delta, restarts=restarts, amp_dtype=amp_dtype,
-                cuda_graph=cuda_graph, track_best=track_best)
+def reference_pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps,
+    alpha,
+    steps: int,
+    norm: str = "linf",
+    random_start: bool = True,
+    loss_fn: Callable | None = None,
+    targeted: bool = False,
+    clamp=(0.0, 1.0),
+    generator: torch.Generator | None = None,
+    model_mode: str = "eval",
+    delta_init: torch.Tensor | None = None,
+    return_delta: bool = False,
+    restarts: int = 1,
+    amp_dtype: torch.dtype | None = None,
+    cuda_graph: bool = False,
+    track_best: bool = False,
+):
+    return _pgd(
+        reference_pgd_step,
+        model,
+        x,
+        y,
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
+        norm=norm,
+        random_start=random_start,
+        loss_fn=loss_fn,
+        targeted=targeted,
+        clamp=clamp,
+        generator=generator,
+        model_mode=model_mode,
+        delta_init=delta_init,
+        return_delta=return_delta,
+        restarts=restarts,
+        amp_dtype=amp_dtype,
+        cuda_graph=cuda_graph,
+        track_best=track_best,
+    )
 
 
 fused_pgd.__doc__ = _DOC.format(

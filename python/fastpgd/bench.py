@@ -51,14 +51,26 @@ def _resnet():
 
 
 WORKLOADS = {
-    "madry-mnist": dict(model=_madry, shape=(1, 28, 28), batch_size=50, eps=0.3, alpha=0.01,
-                        steps=40, classes=10),
-    "cifar": dict(model=_resnet, shape=(3, 32, 32), batch_size=128, eps=8 / 255, alpha=2 / 255,
-                  steps=10, classes=10),
+    "madry-mnist": dict(
+        model=_madry, shape=(1, 28, 28), batch_size=50, eps=0.3, alpha=0.01, steps=40, classes=10
+    ),
+    "cifar": dict(
+        model=_resnet,
+        shape=(3, 32, 32),
+        batch_size=128,
+        eps=8 / 255,
+        alpha=2 / 255,
+        steps=10,
+        classes=10,
+    ),
 }
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def _per_example_pgd(model, x, y, eps, alpha, steps, generator):
@@ -122,17 +134,27 @@ def _check_valid(name, x_adv, x, eps, tol):
     lo, hi = x_adv.min().item(), x_adv.max().item()
     if dist > eps + tol or lo < 0 or hi > 1 or not torch.isfinite(x_adv).all():
         raise RuntimeError(
-            f"{name}: not a valid attack: max |x_adv - x| = {dist} (eps {eps}), "
-            f"range [{lo}, {hi}]"
+            f"{name}: not a valid attack: max |x_adv - x| = {dist} (eps {eps}), range [{lo}, {hi}]"
         )
     return {"max_linf": dist, "min": lo, "max": hi}
 
 
-def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str = "float32",
-              batch_size: int | None = None, steps: int | None = None, repeats: int = 5,
-              warmup: int = 1, methods: Sequence[str] | None = None,
-              per_example_subset: int = 10, seed: int = 0, json_path: str | None = None,
-              plot_path: str | None = None, quiet: bool = False) -> dict:
+def run_bench(
+    workload: str = "madry-mnist",
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int | None = None,
+    steps: int | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    methods: Sequence[str] | None = None,
+    per_example_subset: int = 10,
+    seed: int = 0,
+    json_path: str | None = None,
+    plot_path: str | None = None,
+    quiet: bool = False,
+) -> dict:
     """Time the PGD attack and its baselines side by side on one workload.
 
     Args:
@@ -177,8 +199,11 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods must be among {METHODS}, got unknown {unknown}")
-    for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0),
-                               ("per_example_subset", per_example_subset, 1)):
+    for name, value, least in (
+        ("repeats", repeats, 1),
+        ("warmup", warmup, 0),
+        ("per_example_subset", per_example_subset, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
@@ -203,8 +228,9 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
 
     kw = dict(eps=eps, alpha=alpha, steps=n_steps)
     runners: dict[str, Callable] = {
-        "per-example": lambda: _per_example_pgd(model, x[:subset], y[:subset], eps, alpha,
-                                                n_steps, gen()),
+        "per-example": lambda: _per_example_pgd(
+            model, x[:subset], y[:subset], eps, alpha, n_steps, gen()
+        ),
         "reference": lambda: reference_pgd(model, x, y, generator=gen(), **kw),
         "fused": lambda: fused_pgd(model, x, y, generator=gen(), **kw),
         "fused-graph": lambda: fused_pgd(model, x, y, generator=gen(), cuda_graph=True, **kw),
@@ -254,6 +280,7 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
         from tqdm import tqdm
 
         progress = tqdm(total=total, desc=f"bench {workload}", file=sys.stderr, leave=False)
+
     def once(name):
         if progress is not None:
             progress.set_postfix_str(name)
@@ -281,8 +308,13 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
             results[name] = {"status": skipped[name]}
             continue
         t = times[name]
-        results[name] = {"status": "ok", "times_s": t, "median_s": statistics.median(t),
-                         "min_s": min(t), "max_s": max(t)}
+        results[name] = {
+            "status": "ok",
+            "times_s": t,
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+        }
     if progress is not None:
         progress.close()
 
@@ -302,11 +334,21 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
 
     result = {
         "workload": workload,
-        "config": {"device": str(dev), "dtype": dtype, "batch_size": n, "steps": n_steps,
-                   "eps": eps, "alpha": alpha, "shape": list(spec["shape"]),
-                   "repeats": repeats, "warmup": warmup, "seed": seed,
-                   "per_example_subset": subset, "per_example_scale": n / subset,
-                   "inputs": "synthetic: uniform [0, 1] inputs, random labels"},
+        "config": {
+            "device": str(dev),
+            "dtype": dtype,
+            "batch_size": n,
+            "steps": n_steps,
+            "eps": eps,
+            "alpha": alpha,
+            "shape": list(spec["shape"]),
+            "repeats": repeats,
+            "warmup": warmup,
+            "seed": seed,
+            "per_example_subset": subset,
+            "per_example_scale": n / subset,
+            "inputs": "synthetic: uniform [0, 1] inputs, random labels",
+        },
         "machine": _machine(dev),
         "checks": checks,
         "methods": results,
@@ -326,12 +368,17 @@ def run_bench(workload: str = "madry-mnist", *, device: str = "cpu", dtype: str 
 def format_table(result: dict) -> str:
     """The benchmark as a text table: medians, spread, speed-ups (of medians) and time / floor."""
     cfg = result["config"]
-    head = (f"{result['workload']}: batch {cfg['batch_size']}, {cfg['steps']} steps, "
-            f"{cfg['dtype']} on {cfg['device']} ({result['machine']['cpu']}"
-            f"{', ' + result['machine']['gpu'] if 'gpu' in result['machine'] else ''}); "
-            f"per-example: {cfg['per_example_subset']} examples x {cfg['per_example_scale']:g}")
-    cols = (["method", "median s", "min-max s"] + [f"vs {b}" for b in BASELINES]
-            + ["x floor", "x floor (min)"])
+    head = (
+        f"{result['workload']}: batch {cfg['batch_size']}, {cfg['steps']} steps, "
+        f"{cfg['dtype']} on {cfg['device']} ({result['machine']['cpu']}"
+        f"{', ' + result['machine']['gpu'] if 'gpu' in result['machine'] else ''}); "
+        f"per-example: {cfg['per_example_subset']} examples x {cfg['per_example_scale']:g}"
+    )
+    cols = (
+        ["method", "median s", "min-max s"]
+        + [f"vs {b}" for b in BASELINES]
+        + ["x floor", "x floor (min)"]
+    )
     rows = []
     for name, r in result["methods"].items():
         if r["status"] != "ok":
@@ -340,10 +387,12 @@ def format_table(result: dict) -> str:
         speed = [f"{r['speedup_vs'][b]:.2f}x" if b in r["speedup_vs"] else "-" for b in BASELINES]
         xf = f"{r['x_floor']:.2f}" if r.get("x_floor") else "-"
         xfm = f"{r['x_floor_min']:.2f}" if r.get("x_floor_min") else "-"
-        rows.append([name, f"{r['median_s']:.4f}", f"{r['min_s']:.4f}-{r['max_s']:.4f}",
-                     *speed, xf, xfm])
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c)
-              for i, c in enumerate(cols)]
+        rows.append(
+            [name, f"{r['median_s']:.4f}", f"{r['min_s']:.4f}-{r['max_s']:.4f}", *speed, xf, xfm]
+        )
+    widths = [
+        max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)
+    ]
     lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
@@ -356,8 +405,11 @@ def _plot(result: dict, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"fastpgd bench: not writing {path}: matplotlib is not installed "
-              "(pip install fastpgd[plot])", file=sys.stderr)
+        print(
+            f"fastpgd bench: not writing {path}: matplotlib is not installed "
+            "(pip install fastpgd[plot])",
+            file=sys.stderr,
+        )
         return
     ok = [(k, v["median_s"]) for k, v in result["methods"].items() if v["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -371,10 +423,21 @@ def _plot(result: dict, path: str) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
-    run_bench(args.workload, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-              steps=args.steps, repeats=args.repeats, warmup=args.warmup, methods=methods,
-              per_example_subset=args.per_example_subset, seed=args.seed,
-              json_path=args.json, plot_path=args.plot, quiet=args.quiet)
+    run_bench(
+        args.workload,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        methods=methods,
+        per_example_subset=args.per_example_subset,
+        seed=args.seed,
+        json_path=args.json,
+        plot_path=args.plot,
+        quiet=args.quiet,
+    )
     return 0
 
 
@@ -386,11 +449,17 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the workload's steps")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default: 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: 1)")
-    p.add_argument("--methods", default=None,
-                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    p.add_argument("--per-example-subset", type=int, default=10,
-                   help="examples the per-example loop attacks; times scaled to the batch "
-                   "(default: 10)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
+    )
+    p.add_argument(
+        "--per-example-subset",
+        type=int,
+        default=10,
+        help="examples the per-example loop attacks; times scaled to the batch (default: 10)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", default=None, help="write all figures as JSON")
     p.add_argument("--plot", metavar="PATH", default=None, help="bar chart (needs matplotlib)")
@@ -401,16 +470,25 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``bench`` subcommand on an ``argparse`` subparsers object."""
-    return _configure(subparsers.add_parser(
-        "bench", help="time fused PGD against its baselines",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    return _configure(
+        subparsers.add_parser(
+            "bench",
+            help="time fused PGD against its baselines",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``fastpgd bench`` without the main command line (``python -m fastpgd.bench``)."""
-    parser = _configure(argparse.ArgumentParser(
-        prog="fastpgd bench", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = _configure(
+        argparse.ArgumentParser(
+            prog="fastpgd bench",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -375,8 +375,9 @@ def load_dataset(
         # One draw for both: the test images share the class templates (so a trained model
         # generalises) and are the images after the training ones.
         ds = synthetic(synthetic_size + n, image_size=image_size, seed=seed)
-        return ImageDataset(ds.images[synthetic_size:].clone(), ds.labels[synthetic_size:].clone(),
-                            name="synthetic")
+        return ImageDataset(
+            ds.images[synthetic_size:].clone(), ds.labels[synthetic_size:].clone(), name="synthetic"
+        )
     if data_dir is None:
         if name == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
             data_dir = DEBIAN_FASHION_MNIST

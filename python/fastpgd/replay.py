@@ -330,8 +330,13 @@ class ReplayMemory:
         """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        ours = {"size": self.size, "shape": list(self.shape), "eps": self.eps,
-                "storage_dtype": str(self.storage_dtype), "reset_every": self.reset_every}
+        ours = {
+            "size": self.size,
+            "shape": list(self.shape),
+            "eps": self.eps,
+            "storage_dtype": str(self.storage_dtype),
+            "reset_every": self.reset_every,
+        }
         for key, value in ours.items():
             if state.get(key) != value:
                 raise ValueError(
@@ -339,11 +344,15 @@ class ReplayMemory:
                 )
         data, written = state["data"], state["written"]
         if data.shape != self.data.shape or data.dtype != self.data.dtype:
-            raise ValueError(f"state data has shape {tuple(data.shape)} and dtype {data.dtype}; "
-                             f"expected {tuple(self.data.shape)} and {self.data.dtype}")
+            raise ValueError(
+                f"state data has shape {tuple(data.shape)} and dtype {data.dtype}; "
+                f"expected {tuple(self.data.shape)} and {self.data.dtype}"
+            )
         if written.shape != self.written.shape or written.dtype != torch.bool:
-            raise ValueError(f"state written flags have shape {tuple(written.shape)}; "
-                             f"expected {tuple(self.written.shape)} (bool)")
+            raise ValueError(
+                f"state written flags have shape {tuple(written.shape)}; "
+                f"expected {tuple(self.written.shape)} (bool)"
+            )
         self.data.copy_(data)
         self.written.copy_(written)
         self.epoch = state["epoch"]

@@ -63,25 +63,33 @@ def _check_args(x_adv, grad, x0, eps, alpha, norm, clamp):
         )
     for name, t in (("grad", grad), ("x0", x0)):
         if t.dtype != x_adv.dtype:
-            raise TypeError(f"{name} must have the same dtype as x_adv, got {t.dtype} and "
-                            f"{x_adv.dtype}")
+            raise TypeError(
+                f"{name} must have the same dtype as x_adv, got {t.dtype} and {x_adv.dtype}"
+            )
         if t.device != x_adv.device:
-            raise ValueError(f"{name} must be on the same device as x_adv, got {t.device} and "
-                             f"{x_adv.device}")
+            raise ValueError(
+                f"{name} must be on the same device as x_adv, got {t.device} and {x_adv.device}"
+            )
         if t.shape != x_adv.shape:
-            raise ValueError(f"{name} must have the same shape as x_adv, got {list(t.shape)} "
-                             f"and {list(x_adv.shape)}")
+            raise ValueError(
+                f"{name} must have the same shape as x_adv, got {list(t.shape)} "
+                f"and {list(x_adv.shape)}"
+            )
     batch = x_adv.shape[0] if x_adv.dim() > 0 else 1
     if isinstance(eps, torch.Tensor):
         if eps.dtype != x_adv.dtype:
-            raise TypeError(f"eps must have the same dtype as x_adv, got {eps.dtype} and "
-                            f"{x_adv.dtype}")
+            raise TypeError(
+                f"eps must have the same dtype as x_adv, got {eps.dtype} and {x_adv.dtype}"
+            )
         if eps.device != x_adv.device:
-            raise ValueError(f"eps must be on the same device as x_adv, got {eps.device} and "
-                             f"{x_adv.device}")
+            raise ValueError(
+                f"eps must be on the same device as x_adv, got {eps.device} and {x_adv.device}"
+            )
         if eps.dim() != 1 or eps.shape[0] != batch:
-            raise ValueError("eps must be a float or a 1-D tensor with one value per sample "
-                             f"({batch}), got shape {list(eps.shape)}")
+            raise ValueError(
+                "eps must be a float or a 1-D tensor with one value per sample "
+                f"({batch}), got shape {list(eps.shape)}"
+            )
         # Checking the values of a CUDA tensor would cost a device sync: CPU only.
         if eps.device.type == "cpu" and not bool((eps >= 0).all()):
             raise ValueError("eps must be >= 0 and not NaN, got a negative or NaN value")
@@ -180,8 +188,10 @@ def _fallback_(x_adv, grad, x0, eps, alpha, norm, clamp):
     # The same layout rules as the kernel, so code tested without the extension runs with it.
     for name, t in (("grad", grad), ("x0", x0), ("x_adv", x_adv)):
         if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous, got strides {t.stride()} for shape "
-                             f"{list(t.shape)} (call .contiguous())")
+            raise ValueError(
+                f"{name} must be contiguous, got strides {t.stride()} for shape "
+                f"{list(t.shape)} (call .contiguous())"
+            )
     with torch.no_grad():
         x_adv.copy_(out)
     return x_adv

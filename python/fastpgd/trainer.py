@@ -642,8 +642,11 @@ class Trainer:
             "position": self.position,
             # The order of an epoch is drawn from seed + epoch (see _EpochBatches): this is
             # the whole state of the data-order generator.
-            "data_order": {"seed": self.config.seed, "epoch": self.epoch,
-                           "position": self.position},  # fmt: skip
+            "data_order": {
+                "seed": self.config.seed,
+                "epoch": self.epoch,
+                "position": self.position,
+            },  # fmt: skip
             "rng": _rng_state(),
             "attack_generators": states,
             "timers": self.timers.state_dict(),
@@ -834,15 +837,18 @@ class Trainer:
         self.ddp.train()
         if self.memory is not None:
             m = self.memory
-            self._print(f"replay memory: {m.size} x {list(m.shape)} {m.storage_dtype} on "
-                        f"{m.data.device} = {m.nbytes:,} bytes; {c.replay_steps} attack steps "
-                        "from a warm start, "
-                        + (f"reset every {c.replay_reset} epochs" if c.replay_reset
-                           else "never reset"))
+            self._print(
+                f"replay memory: {m.size} x {list(m.shape)} {m.storage_dtype} on "
+                f"{m.data.device} = {m.nbytes:,} bytes; {c.replay_steps} attack steps "
+                "from a warm start, "
+                + (f"reset every {c.replay_reset} epochs" if c.replay_reset else "never reset")
+            )
         if self.free_delta is not None:
-            self._print(f"free adversarial training: each batch {c.free_replays} times, "
-                        f"{math.ceil(c.epochs / c.free_replays)} passes; perturbation buffer "
-                        f"{self.free_delta.numel() * self.free_delta.element_size():,} bytes")
+            self._print(
+                f"free adversarial training: each batch {c.free_replays} times, "
+                f"{math.ceil(c.epochs / c.free_replays)} passes; perturbation buffer "
+                f"{self.free_delta.numel() * self.free_delta.element_size():,} bytes"
+            )
         try:
             while self.step < total and not interrupted:
                 if self.memory is not None:
@@ -867,8 +873,15 @@ class Trainer:
                             elif attack_fn is not None:
                                 with self.timers("attack"):
                                     # The bare module: attacking through DDP would sync grads.
-                                    x = attack_fn(self.model, x, y, eps=c.eps, alpha=c.alpha,
-                                                  steps=c.attack_steps, generator=self.attack_gen)
+                                    x = attack_fn(
+                                        self.model,
+                                        x,
+                                        y,
+                                        eps=c.eps,
+                                        alpha=c.alpha,
+                                        steps=c.attack_steps,
+                                        generator=self.attack_gen,
+                                    )
                             with self.timers("forward"):
                                 logits = self.ddp(x)
                                 loss = F.cross_entropy(logits, y)
@@ -884,8 +897,11 @@ class Trainer:
                     bar.update(1)
                     if not bar.disable and (self.step % 10 == 0 or self.step == total):
                         # .item() waits for the GPU: only every few steps.
-                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
-                                        acc=f"{correct_sum.item() / seen:.1%}", refresh=False)
+                        bar.set_postfix(
+                            loss=f"{loss_sum.item() / seen:.3f}",
+                            acc=f"{correct_sum.item() / seen:.1%}",
+                            refresh=False,
+                        )
                     if c.report_every and self.step % c.report_every == 0:
                         text = self.report()
                         self._print(f"-- step {self.step}/{total}, epoch {self.epoch + 1}\n{text}")
@@ -948,9 +964,18 @@ class Trainer:
                 delta_init = torch.where(mask, start, delta_init)
                 steps = c.attack_steps
         with self.timers("attack"):
-            x_adv, delta = attack_fn(self.model, x, y, eps=c.eps, alpha=c.alpha, steps=steps,
-                                     generator=self.attack_gen, delta_init=delta_init,
-                                     random_start=delta_init is None, return_delta=True)
+            x_adv, delta = attack_fn(
+                self.model,
+                x,
+                y,
+                eps=c.eps,
+                alpha=c.alpha,
+                steps=steps,
+                generator=self.attack_gen,
+                delta_init=delta_init,
+                random_start=delta_init is None,
+                return_delta=True,
+            )
         with self.timers("replay_scatter"):
             memory.scatter(idx, delta)
         return x_adv
@@ -1113,17 +1138,36 @@ def _positive_float(text: str) -> float:
 def _configure(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                      help="digits: 1797 real 8x8 digits shipped with fastpgd (default); mnist, "
-                      "fashion-mnist: IDX files in --data-dir; synthetic: random images")
-    data.add_argument("--data-dir", help="directory of the IDX files (fashion-mnist defaults to "
-                      "/usr/share/datasets/fashion-mnist when it exists)")
-    data.add_argument("--synthetic-size", type=_positive_int, default=d.synthetic_size,
-                      help="training images of --dataset synthetic (default: %(default)s)")
-    data.add_argument("--image-size", type=_positive_int, default=d.image_size,
-                      help="side of --dataset synthetic images (default: %(default)s)")
-    data.add_argument("--num-workers", type=_nonneg_int, default=d.num_workers,
-                      help="DataLoader workers (default: %(default)s)")
+    data.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=d.dataset,
+        help="digits: 1797 real 8x8 digits shipped with fastpgd (default); mnist, "
+        "fashion-mnist: IDX files in --data-dir; synthetic: random images",
+    )
+    data.add_argument(
+        "--data-dir",
+        help="directory of the IDX files (fashion-mnist defaults to "
+        "/usr/share/datasets/fashion-mnist when it exists)",
+    )
+    data.add_argument(
+        "--synthetic-size",
+        type=_positive_int,
+        default=d.synthetic_size,
+        help="training images of --dataset synthetic (default: %(default)s)",
+    )
+    data.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=d.image_size,
+        help="side of --dataset synthetic images (default: %(default)s)",
+    )
+    data.add_argument(
+        "--num-workers",
+        type=_nonneg_int,
+        default=d.num_workers,
+        help="DataLoader workers (default: %(default)s)",
+    )
 
     opt = parser.add_argument_group(
         "training (defaults per dataset: mnist follows Madry et al. -- batch 50, Adam 1e-4, "
@@ -1138,9 +1182,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--eps", type=_positive_float, help="Linf radius (training and evaluation)")
     opt.add_argument("--alpha", type=_positive_float, help="PGD step size")
     opt.add_argument("--attack-steps", type=_positive_int, help="PGD steps per training batch")
-    opt.add_argument("--attack", choices=_ATTACKS, default=d.attack,
-                     help="fused: fastpgd's fused PGD (default); reference: the pure-PyTorch "
-                     "PGD; none: natural training")
+    opt.add_argument(
+        "--attack",
+        choices=_ATTACKS,
+        default=d.attack,
+        help="fused: fastpgd's fused PGD (default); reference: the pure-PyTorch "
+        "PGD; none: natural training",
+    )
     opt.add_argument("--seed", type=_nonneg_int, default=d.seed)
     opt.add_argument("--device", default=d.device, help="auto (default), cpu, cuda, cuda:1, ...")
 
@@ -1150,42 +1198,87 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "(Zheng et al., CVPR 2020); --free-replays m: free adversarial training (Shafahi et al., "
         "NeurIPS 2019), each batch trained m times, ceil(epochs / m) passes",
     )
-    rp.add_argument("--replay", action="store_true",
-                    help="keep one perturbation per training example across epochs")
-    rp.add_argument("--replay-steps", type=_positive_int,
-                    help="attack steps from a warm start (default: ceil(--attack-steps / 4))")
-    rp.add_argument("--replay-reset", type=_nonneg_int, default=d.replay_reset, metavar="K",
-                    help="forget the memory every K epochs; 0: never (default)")
-    rp.add_argument("--replay-dtype", choices=_REPLAY_DTYPES, default=d.replay_dtype,
-                    help="how the memory stores perturbations: input (exact, default), float16 "
-                    "(relative error 2^-11), int8 (error <= eps/254)")
-    rp.add_argument("--free-replays", type=_positive_int, default=d.free_replays, metavar="M",
-                    help="free adversarial training with M replays per batch; 1: off (default)")
+    rp.add_argument(
+        "--replay",
+        action="store_true",
+        help="keep one perturbation per training example across epochs",
+    )
+    rp.add_argument(
+        "--replay-steps",
+        type=_positive_int,
+        help="attack steps from a warm start (default: ceil(--attack-steps / 4))",
+    )
+    rp.add_argument(
+        "--replay-reset",
+        type=_nonneg_int,
+        default=d.replay_reset,
+        metavar="K",
+        help="forget the memory every K epochs; 0: never (default)",
+    )
+    rp.add_argument(
+        "--replay-dtype",
+        choices=_REPLAY_DTYPES,
+        default=d.replay_dtype,
+        help="how the memory stores perturbations: input (exact, default), float16 "
+        "(relative error 2^-11), int8 (error <= eps/254)",
+    )
+    rp.add_argument(
+        "--free-replays",
+        type=_positive_int,
+        default=d.free_replays,
+        metavar="M",
+        help="free adversarial training with M replays per batch; 1: off (default)",
+    )
 
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--eval-every", type=_nonneg_int, default=d.eval_every,
-                    help="evaluate every N epochs; 0: only at the end (default)")
-    ev.add_argument("--eval-steps", type=_positive_int,
-                    help="PGD steps of the evaluation (default: 2x --attack-steps)")
-    ev.add_argument("--eval-restarts", type=_positive_int, default=d.eval_restarts,
-                    help="random restarts of the evaluation attack (default: %(default)s)")
+    ev.add_argument(
+        "--eval-every",
+        type=_nonneg_int,
+        default=d.eval_every,
+        help="evaluate every N epochs; 0: only at the end (default)",
+    )
+    ev.add_argument(
+        "--eval-steps",
+        type=_positive_int,
+        help="PGD steps of the evaluation (default: 2x --attack-steps)",
+    )
+    ev.add_argument(
+        "--eval-restarts",
+        type=_positive_int,
+        default=d.eval_restarts,
+        help="random restarts of the evaluation attack (default: %(default)s)",
+    )
     ev.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size)
     ev.add_argument("--eval-limit", type=_positive_int, help="evaluate on this many test images")
-    ev.add_argument("--compare-natural", action="store_true",
-                    help="also train with --attack none for the same budget and print both")
+    ev.add_argument(
+        "--compare-natural",
+        action="store_true",
+        help="also train with --attack none for the same budget and print both",
+    )
 
     rep = parser.add_argument_group("timing and output")
-    rep.add_argument("--sync", choices=_SYNCS, default=d.sync,
-                     help="GPU timing: events on CUDA and none on CPU by default")
-    rep.add_argument("--report-every", type=_nonneg_int, default=d.report_every,
-                     help="print the phase table every N steps (default: only at the end)")
+    rep.add_argument(
+        "--sync",
+        choices=_SYNCS,
+        default=d.sync,
+        help="GPU timing: events on CUDA and none on CPU by default",
+    )
+    rep.add_argument(
+        "--report-every",
+        type=_nonneg_int,
+        default=d.report_every,
+        help="print the phase table every N steps (default: only at the end)",
+    )
     rep.add_argument("--timing-json", metavar="PATH", help="write all laps as JSON")
     rep.add_argument("--plot", metavar="PATH", help="draw the phase breakdown (needs matplotlib)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar; logs only")
 
     ck = parser.add_argument_group("checkpoints")
-    ck.add_argument("--checkpoint", metavar="PATH",
-                    help="written at the end, every --checkpoint-every steps, on SIGINT/SIGTERM")
+    ck.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="written at the end, every --checkpoint-every steps, on SIGINT/SIGTERM",
+    )
     ck.add_argument("--checkpoint-every", type=_nonneg_int, default=d.checkpoint_every)
     ck.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.set_defaults(func=_cmd_train)
