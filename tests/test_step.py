@@ -112,6 +112,22 @@ def test_linf_semantics_by_hand():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("clamp", [(0.0, 1.0), None])
+def test_linf_nan_bounds_propagate(device, clamp):
+    # A NaN ball bound (x0 NaN, or x0 and eps both infinite) makes the result NaN, as
+    # torch.maximum/minimum do in the reference; finite elements beside it are unaffected.
+    x0 = torch.tensor([0.5, math.nan, math.inf, -math.inf, 0.2], device=device)
+    grad = torch.tensor([1.0, -1.0, 1.0, 0.0, math.nan], device=device)
+    for eps in (0.3, math.inf):
+        out = x0.clone()
+        pgd_step_(out, grad, x0, eps=eps, alpha=0.1, clamp=clamp)
+        expected = reference_pgd_step(x0, grad, x0, eps=eps, alpha=0.1, clamp=clamp)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+        assert out.isnan().tolist() == expected.isnan().tolist()
+        assert out[1].isnan() and out[0] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_view_with_storage_offset(device, dtype):
     base_x, grad, x0 = _inputs((5, 4, 3), dtype, device, seed=3)

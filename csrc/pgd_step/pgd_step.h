@@ -63,22 +63,15 @@ FASTPGD_HD T min_nan(T x, T bound) {
   return x > bound ? bound : x;
 }
 
-// torch.maximum/torch.minimum: NaN in either argument propagates (a bound x0 - e is NaN when x0
-// is NaN, or when x0 and e are both infinite). `|` rather than `||` keeps it one select.
-template <typename T>
-FASTPGD_HD T maximum(T a, T b) {
-  return ((a < b) | (b != b)) ? b : a;
-}
-template <typename T>
-FASTPGD_HD T minimum(T a, T b) {
-  return ((a > b) | (b != b)) ? b : a;
-}
-
 // One Linf element, in opmath T.
 template <typename T>
 FASTPGD_HD T linf_update(T xa, T g, T x0, T alpha, T eps, bool has_clamp, T lo, T hi) {
   T x = xa + alpha * sign_of(g);
-  x = minimum(maximum(x, x0 - eps), x0 + eps);
+  const T below = x0 - eps, above = x0 + eps;
+  x = min_nan(max_nan(x, below), above);
+  // torch.maximum/minimum also propagate a NaN bound (x0 NaN, or x0 and eps both infinite);
+  // one unordered test of both bounds does it for less than two NaN-aware selects.
+  if ((below != below) | (above != above)) x = below + above;
   if (has_clamp) x = min_nan(max_nan(x, lo), hi);
   return x;
 }

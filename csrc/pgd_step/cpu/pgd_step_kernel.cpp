@@ -24,7 +24,7 @@ constexpr int64_t kChunk = int64_t(1) << 14;
 // An AVX2 clone next to the baseline x86-64 one, picked at load time: the loops are plain selects
 // and arithmetic, twice as wide with AVX2.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FASTPGD_CLONES __attribute__((target_clones("avx2", "default")))
+#define FASTPGD_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define FASTPGD_CLONES
 #endif
@@ -54,6 +54,13 @@ struct BF16 {
   static T load(S v) { return bf16_bits_to_float(v); }
   static S store(T v) { return float_to_bf16_bits(v); }
 };
+
+// Independent partial sums of the L2 norms: one AVX-512 vector of doubles, two AVX2 ones.
+constexpr int kLanes = 8;
+
+inline double sum_lanes(const double (&part)[kLanes]) {
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
 
 // Calls fn(sample, begin, end) over [0, batch * n) split at sample boundaries, in parallel
 // chunks when the tensor is large. Each call covers one sample's contiguous part of one chunk.
@@ -123,20 +130,39 @@ FASTPGD_CLONES void l2_impl(const StepParams& p) {
     S* __restrict xs = x + s * n;
     const S* __restrict gs = g + s * n;
     const S* __restrict x0s = x0 + s * n;
-    double gg = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double v = double(D::load(gs[i]));
-      gg += v * v;
+    // Both norms sum in double over kLanes independent partial sums, so the loops vectorize (a
+    // single running sum is one long dependency chain); the order only moves the last bits.
+    double part[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int k = 0; k < kLanes; ++k) {
+        const double v = double(D::load(gs[i + k]));
+        part[k] += v * v;
+      }
     }
+    for (; i < n; ++i) {
+      const double v = double(D::load(gs[i]));
+      part[0] += v * v;
+    }
+    const double gg = sum_lanes(part);
     const T gnorm = max_nan(T(std::sqrt(gg)), tiny);
     // The displacement is recomputed in the last pass rather than stored: same traffic, and no
     // rounding of it to a 16-bit dtype in between.
-    double dd = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double d = double(l2_delta<T>(D::load(xs[i]), D::load(gs[i]), D::load(x0s[i]), alpha,
-                                          gnorm));
-      dd += d * d;
+    for (int k = 0; k < kLanes; ++k) part[k] = 0.0;
+    for (i = 0; i + kLanes <= n; i += kLanes) {
+      for (int k = 0; k < kLanes; ++k) {
+        const int64_t j = i + k;
+        const double d =
+            double(l2_delta<T>(D::load(xs[j]), D::load(gs[j]), D::load(x0s[j]), alpha, gnorm));
+        part[k] += d * d;
+      }
     }
+    for (; i < n; ++i) {
+      const double d =
+          double(l2_delta<T>(D::load(xs[i]), D::load(gs[i]), D::load(x0s[i]), alpha, gnorm));
+      part[0] += d * d;
+    }
+    const double dd = sum_lanes(part);
     const T eps = eps_ps ? D::load(eps_ps[s]) : T(p.eps);
     const T factor = l2_factor<T>(eps, T(std::sqrt(dd)), tiny);
     for (int64_t i = 0; i < n; ++i) {
