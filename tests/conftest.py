@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+
 import pytest
 import torch
 
@@ -24,3 +27,32 @@ def pytest_report_header(config):
         f"cuda={EXT['cuda']} cuda_available={EXT['cuda_available']} openmp={EXT['openmp']} "
         f"torch={torch.__version__}"
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a gloo rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(commands: list[list[str]], envs: list[dict], timeout: float = 120) -> list[str]:
+    """Run one process per rank at once; return their outputs, failing on any non-zero exit.
+
+    Leftover processes are killed, so a rank stuck in a collective never outlives the test.
+    """
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd, env in zip(commands, envs, strict=True)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{out}"
+    return outputs
