@@ -27,9 +27,9 @@ from fastpgd.timers import Timers
 
 @pytest.fixture(autouse=True, params=["python", pytest.param("cpp", marks=needs_ext)])
 def section_backend(request, monkeypatch):
-    """Run every test with pure-Python sections and with the C++ ones (when built)."""
+    """Run every test on the pure-Python Timers and on the C++ hot path (when built)."""
     if request.param == "python":
-        monkeypatch.setattr(timers_mod, "_FAST_SECTION", None)
+        monkeypatch.setitem(globals(), "Timers", timers_mod._PyTimers)
     return request.param
 
 
@@ -80,8 +80,9 @@ def test_laps_are_exact_and_in_order():
 
 def test_sections_come_from_the_backend_under_test(section_backend):
     t, _ = make()
-    is_cpp = _ext.has_ext() and isinstance(t("x"), _ext._C._Section)
-    assert is_cpp == (section_backend == "cpp")
+    cpp = section_backend == "cpp"
+    assert (_ext.has_ext() and isinstance(t("x"), _ext._C._Section)) == cpp
+    assert (_ext.has_ext() and isinstance(t, _ext._C._TimersBase)) == cpp
     assert repr(t("x")) == "<timer section 'x'>"
 
 

@@ -289,7 +289,7 @@ if _ext._C is not None:
             self._first = False
 
     _FAST_SECTION: type | None = _FastSection
-    _TimersBase: type = _ext._C._TimersBase
+    _TimersBase: type | None = _ext._C._TimersBase
 else:
     _FAST_SECTION = None
     _TimersBase = None  # set below to _PyTimersBase
@@ -435,6 +435,9 @@ class Timers(_TimersBase):
         >>> table = timers.report(file=sys.stderr)  # prints a table in ms
     """
 
+    # The class of clock-timed sections: C++ where the extension is in use.
+    _fast_section_cls: type | None = _FAST_SECTION
+
     __slots__ = (
         "_clock", "_sync", "_order", "_parents", "_section_cls",
         "_seq", "_pool", "_new_event", "__weakref__",
@@ -485,7 +488,8 @@ class Timers(_TimersBase):
             self._new_event = _new_cuda_event
             self._section_cls = _EventSection
         else:
-            self._section_cls = _FAST_SECTION if _FAST_SECTION is not None else _Section
+            fast = self._fast_section_cls
+            self._section_cls = fast if fast is not None else _Section
 
     # -- hot path: timers(name) is the base class's __call__ ---------------
     def _new_section(self, name: str) -> _Section:
@@ -849,6 +853,19 @@ class Timers(_TimersBase):
 
     def __repr__(self) -> str:
         return f"Timers(sync={self._sync!r}, names={self.names()!r})"
+
+
+def _pure_python_twin(cls: type) -> type:
+    """``cls`` rebuilt on the pure-Python base and sections, so that both paths can be
+    compared in one process (tests, benchmarks). Its methods are ``cls``'s own."""
+    slots = set(cls.__slots__)
+    namespace = {k: v for k, v in vars(cls).items() if k not in slots}
+    namespace["_fast_section_cls"] = None
+    return type(cls.__name__, (_PyTimersBase,), namespace)
+
+
+# Timers without the extension, whether or not it is in use.
+_PyTimers = Timers if _TimersBase is _PyTimersBase else _pure_python_twin(Timers)
 
 
 def _reduce_gathered(world: list[dict]) -> dict[str, Any]:
