@@ -287,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                     strict=True,
                 )
             )
-            checks.append(
-                ('timers block < codetiming start+stop', ratio < 1.0, f"{ratio:.2f}x")
-            )
+            checks.append(("timers block < codetiming start+stop", ratio < 1.0, f"{ratio:.2f}x"))
     for what, ok, value in checks:
         print(f"target  {what:<44} {value:>9}  {'met' if ok else 'MISSED'}")
 
