@@ -7,18 +7,30 @@ from __future__ import annotations
 
 import csv
 import doctest
+import gc
 import io
 import json
 import math
 import sys
+import weakref
 
 import numpy as np
 import pytest
+from conftest import needs_ext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd.timers as timers_mod
+from fastpgd import _ext
 from fastpgd.timers import Timers
+
+
+@pytest.fixture(autouse=True, params=["python", pytest.param("cpp", marks=needs_ext)])
+def section_backend(request, monkeypatch):
+    """Run every test on the pure-Python Timers and on the C++ hot path (when built)."""
+    if request.param == "python":
+        monkeypatch.setitem(globals(), "Timers", timers_mod._PyTimers)
+    return request.param
 
 
 class FakeClock:
@@ -64,6 +76,27 @@ def test_laps_are_exact_and_in_order():
     assert t.count("x") == 3
     assert t.total("x") == pytest.approx(60e-9, rel=1e-15)
     assert t.names() == ["x"]
+
+
+def test_sections_come_from_the_backend_under_test(section_backend):
+    t, _ = make()
+    cpp = section_backend == "cpp"
+    assert (_ext.has_ext() and isinstance(t("x"), _ext._C._Section)) == cpp
+    assert (_ext.has_ext() and isinstance(t, _ext._C._TimersBase)) == cpp
+    assert repr(t("x")) == "<timer section 'x'>"
+
+
+def test_unused_timers_are_freed_despite_reference_cycles():
+    # Sections refer back to their Timers (the first-enter callback): only the cycle
+    # collector frees them, which needs both C types to report their references.
+    t, clock = make()
+    with t("a"), t("b"):
+        clock.advance(1)
+    ref = weakref.ref(t)
+    held_by_sections = weakref.ref(clock)
+    del t, clock
+    gc.collect()
+    assert ref() is None and held_by_sections() is None
 
 
 def test_section_objects_are_cached_and_reusable():

@@ -7,5 +7,6 @@ namespace fastpgd {
 
 void bind_stopwatch(pybind11::module_& m);  // binding/stopwatch.cpp
 void bind_pgd_step(pybind11::module_& m);   // binding/pgd_step.cpp
+void bind_timers(pybind11::module_& m);     // binding/timers.cpp
 
 }  // namespace fastpgd

@@ -47,4 +47,5 @@ PYBIND11_MODULE(_C, m) {
 
   fastpgd::bind_stopwatch(m);
   fastpgd::bind_pgd_step(m);
+  fastpgd::bind_timers(m);
 }

@@ -63,3 +63,38 @@ class Stopwatch:
     ) -> bool: ...
     def __len__(self) -> int: ...
     def __bool__(self) -> bool: ...
+
+class _Section:
+    """The log of one named timing section (the base of fastpgd.Timers' sections).
+
+    Entering logs ``~t`` and leaving logs ``t`` (int64 nanoseconds); the first
+    enter (since creation or ``_first = True``) calls ``on_first(self)`` first.
+
+    Args:
+        clock (Callable[[], int], optional): zero-argument callable returning int
+            nanoseconds. Default: ``None`` (steady_clock, the clock of
+            ``time.perf_counter_ns``).
+        on_first (Callable[[_Section], object], optional): called at the first enter.
+    """
+
+    _first: bool
+    def __init__(
+        self, clock: Callable[[], int] | None = None, on_first: Callable[..., object] | None = None
+    ) -> None: ...
+    def __enter__(self) -> _Section: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def _drain(self) -> list[int]: ...
+    def _discard(self) -> None: ...
+    def _log_size(self) -> int: ...
+
+class _TimersBase:
+    """The base of fastpgd.Timers: ``timers(name)`` returns ``_sections[name]``, or
+    ``self._new_section(name)`` when the name is new."""
+
+    _sections: dict[str, object]
+    def __call__(self, name: str) -> object: ...

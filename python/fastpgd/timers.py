@@ -4,8 +4,11 @@
 per-name statistics (count, total, mean, median, min, max, p95, share of the
 outer section), optionally gathered across ``torch.distributed`` ranks.
 
-The hot path is kept to a dict lookup, two clock reads and two list appends:
-laps are paired and converted to seconds only when they are read.
+The hot path is kept to a dict lookup, two clock reads and two appends: laps
+are paired and converted to seconds only when they are read. With the compiled
+extension the lookup and the clock-timed sections are C types
+(``fastpgd._C._TimersBase`` and ``fastpgd._C._Section``) subclassed here; the
+pure-Python classes below do the same when it is not in use.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import time
 from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from fastpgd import _ext
 
 __all__ = ["Timers"]
 
@@ -48,14 +53,51 @@ def _new_cuda_event():
     return torch.cuda.Event(enable_timing=True)
 
 
-class _Section:
-    """One named section: a context manager that logs its enter/exit clock readings.
+class _SectionCommon:
+    """What every section does off the hot path: pair its log into laps, and clear.
 
     Enters are logged as ``~t`` (always negative for a non-negative reading ``t``)
-    and exits as ``t``, in one append-only list per name. Pairing them
-    (last-in, first-out) is deferred to :meth:`_pair`, so nesting a name in
-    itself and exits out of order pair correctly and cost nothing extra here.
+    and exits as ``t``, in one append-only log per name; ``_drain()`` takes the
+    entries logged so far. Pairing them (last-in, first-out) is deferred to
+    :meth:`_pair`, so nesting a name in itself and exits out of order pair
+    correctly and cost nothing extra in the hot path.
     """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<timer section {self.name!r}>"
+
+    def _pair(self) -> None:
+        """Match logged enters and exits into laps; an exit with no open enter is dropped."""
+        batch = self._drain()
+        if not batch:
+            return
+        opened, laps = self._open, self._laps
+        for raw in batch:
+            if raw < 0:
+                opened.append(~raw)
+            elif opened:
+                laps.append(raw - opened.pop())
+
+    def _laps_ns(self) -> array:
+        self._pair()
+        return self._laps
+
+    def _open_key(self):
+        """Sort key of the innermost running block, or None when not running."""
+        return (self._open[-1], self._index) if self._open else None
+
+    def _clear(self) -> None:
+        self._discard()
+        del self._open[:]
+        del self._laps[:]
+        self._index = -1
+
+
+class _Section(_SectionCommon):
+    """One named section in pure Python: a context manager that logs its enter/exit
+    clock readings in a list (see :class:`_SectionCommon`)."""
 
     __slots__ = (
         "name", "_timers", "_clock", "_log", "_entries", "_open", "_laps", "_index",
@@ -85,37 +127,24 @@ class _Section:
     def __exit__(self, exc_type, exc, tb) -> None:
         self._log(self._clock())
 
-    def __repr__(self) -> str:
-        return f"<timer section {self.name!r}>"
-
     # -- slow path ---------------------------------------------------------
-    def _pair(self) -> None:
-        """Match logged enters and exits into laps; an exit with no open enter is dropped."""
+    def _drain(self) -> list:
+        """The entries logged so far, removed from the log."""
         entries = self._entries
-        if not entries:
-            return
         batch = entries[:]
         del entries[: len(batch)]
-        opened, laps = self._open, self._laps
-        for raw in batch:
-            if raw < 0:
-                opened.append(~raw)
-            elif opened:
-                laps.append(raw - opened.pop())
+        return batch
 
-    def _laps_ns(self) -> array:
-        self._pair()
-        return self._laps
-
-    def _open_key(self):
-        """Sort key of the innermost running block, or None when not running."""
-        return (self._open[-1], self._index) if self._open else None
-
-    def _clear(self) -> None:
+    def _discard(self) -> None:
         del self._entries[:]
-        del self._open[:]
-        del self._laps[:]
-        self._index = -1
+
+    def _rearm(self) -> None:
+        """Make the next enter a first enter (which records the parent)."""
+        self.__class__ = self._first_cls
+
+    def _mark_entered(self) -> None:
+        """Make the next enter a plain one, as after a first enter."""
+        self.__class__ = self._hot_cls
 
 
 def _first_enter(self: _Section) -> _Section:
@@ -177,11 +206,9 @@ class _EventSection(_Section):
         self._log((_END, event))
 
     def _pair(self) -> None:
-        entries = self._entries
-        if not entries:
+        batch = self._drain()
+        if not batch:
             return
-        batch = entries[:]
-        del entries[: len(batch)]
         opened, pending = self._open, self._pending
         for seq, event in batch:
             if seq != _END:
@@ -231,6 +258,41 @@ class _EventSection(_Section):
 class _FirstEventSection(_EventSection):
     __slots__ = ()
     __enter__ = _first_enter
+
+
+if _ext._C is not None:
+
+    class _FastSection(_SectionCommon, _ext._C._Section):
+        """A clock-timed section whose ``__enter__``/``__exit__`` and log are C++.
+
+        The C base reads ``steady_clock`` (the clock of :func:`time.perf_counter_ns`)
+        or the given clock, keeps the log as int64 nanoseconds, and calls
+        ``Timers._first_enter`` at the first enter; pairing is :class:`_SectionCommon`'s.
+        """
+
+        __slots__ = ("name", "_timers", "_open", "_laps", "_index")
+
+        def __init__(self, timers: Timers, name: str, clock: Callable[[], int]) -> None:
+            _ext._C._Section.__init__(
+                self, None if clock is time.perf_counter_ns else clock, timers._first_enter
+            )
+            self.name = name
+            self._timers = timers
+            self._open: list = []
+            self._laps = array("q")
+            self._index = -1
+
+        def _rearm(self) -> None:
+            self._first = True
+
+        def _mark_entered(self) -> None:
+            self._first = False
+
+    _FAST_SECTION: type | None = _FastSection
+    _TimersBase: type | None = _ext._C._TimersBase
+else:
+    _FAST_SECTION = None
+    _TimersBase = None  # set below to _PyTimersBase
 
 
 def _percentile(sorted_values: list[int], q: float) -> float:
@@ -291,7 +353,31 @@ def _ms(seconds: float) -> str:
     return f"{ms:.3f}" if ms == 0 or abs(ms) >= 1e-3 else f"{ms:.3g}"
 
 
-class Timers:
+class _PyTimersBase:
+    """What ``fastpgd._C._TimersBase`` does, in Python: ``timers(name)``."""
+
+    __slots__ = ("_sections",)
+
+    def __call__(self, name: str) -> _Section:
+        """Return the context manager that times one block of section ``name``.
+
+        Args:
+            name (str): section name, e.g. ``"attack"``.
+
+        Returns:
+            A reusable context manager; entering and leaving it records one lap.
+        """
+        try:
+            return self._sections[name]
+        except KeyError:
+            return self._new_section(name)
+
+
+if _TimersBase is None:
+    _TimersBase = _PyTimersBase
+
+
+class Timers(_TimersBase):
     """Named timing sections for a training loop: one lap per ``with`` block.
 
     ``timers(name)`` returns the (cached) section for ``name``; entering and
@@ -349,8 +435,11 @@ class Timers:
         >>> table = timers.report(file=sys.stderr)  # prints a table in ms
     """
 
+    # The class of clock-timed sections: C++ where the extension is in use.
+    _fast_section_cls: type | None = _FAST_SECTION
+
     __slots__ = (
-        "_clock", "_sync", "_sections", "_order", "_parents", "_section_cls",
+        "_clock", "_sync", "_order", "_parents", "_section_cls",
         "_seq", "_pool", "_new_event", "__weakref__",
     )  # fmt: skip
 
@@ -399,23 +488,10 @@ class Timers:
             self._new_event = _new_cuda_event
             self._section_cls = _EventSection
         else:
-            self._section_cls = _Section
+            fast = self._fast_section_cls
+            self._section_cls = fast if fast is not None else _Section
 
-    # -- hot path ----------------------------------------------------------
-    def __call__(self, name: str) -> _Section:
-        """Return the context manager that times one block of section ``name``.
-
-        Args:
-            name (str): section name, e.g. ``"attack"``.
-
-        Returns:
-            A reusable context manager; entering and leaving it records one lap.
-        """
-        try:
-            return self._sections[name]
-        except KeyError:
-            return self._new_section(name)
-
+    # -- hot path: timers(name) is the base class's __call__ ---------------
     def _new_section(self, name: str) -> _Section:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -721,7 +797,7 @@ class Timers:
         """Forget every lap, parent and open block; cached sections stay usable."""
         for section in self._sections.values():
             section._clear()
-            section.__class__ = section._first_cls
+            section._rearm()
         del self._order[:]
         self._parents.clear()
 
@@ -769,7 +845,7 @@ class Timers:
         self.reset()
         for name, values in laps.items():
             section = self(name)
-            section.__class__ = section._hot_cls
+            section._mark_entered()
             section._index = len(self._order)
             section._laps.extend(values)
             self._order.append(section)
@@ -777,6 +853,19 @@ class Timers:
 
     def __repr__(self) -> str:
         return f"Timers(sync={self._sync!r}, names={self.names()!r})"
+
+
+def _pure_python_twin(cls: type) -> type:
+    """``cls`` rebuilt on the pure-Python base and sections, so that both paths can be
+    compared in one process (tests, benchmarks). Its methods are ``cls``'s own."""
+    slots = set(cls.__slots__)
+    namespace = {k: v for k, v in vars(cls).items() if k not in slots}
+    namespace["_fast_section_cls"] = None
+    return type(cls.__name__, (_PyTimersBase,), namespace)
+
+
+# Timers without the extension, whether or not it is in use.
+_PyTimers = Timers if _TimersBase is _PyTimersBase else _pure_python_twin(Timers)
 
 
 def _reduce_gathered(world: list[dict]) -> dict[str, Any]:

@@ -1,0 +1,369 @@
+// fastpgd._C._Section and fastpgd._C._TimersBase: the hot path of fastpgd.Timers in C++.
+//
+// `with timers("x"): pass` must cost a few hundred nanoseconds. In pure Python it is a
+// method call for the lookup and two Python-level methods for the block; here the lookup is
+// the type's tp_call and __enter__/__exit__ are METH_NOARGS / METH_FASTCALL methods that read
+// steady_clock (CLOCK_MONOTONIC, the clock of time.perf_counter_ns on Linux) and append to a
+// std::vector. Everything slow (pairing enters with exits, statistics, reports) stays in
+// fastpgd/timers.py, which subclasses both types.
+//
+// The log is the one the Python sections keep: an enter appends ~t (negative for t >= 0), an
+// exit appends t, and _drain() hands the entries over for pairing. Like the stopwatch, every
+// method reads the clock first (a user clock is Python code and may switch threads) and then
+// updates the vector without calling back into Python, so misuse from several threads can
+// interleave entries but never corrupt memory.
+#include <Python.h>
+#include <structmember.h>
+
+#include <cstdint>
+#include <new>
+#include <utility>
+#include <vector>
+
+#include "binding/bindings.h"
+#include "stopwatch.h"
+
+namespace fastpgd {
+namespace {
+
+// ---- _Section ------------------------------------------------------------------------------
+
+struct SectionObject {
+  PyObject_HEAD
+  std::vector<std::int64_t> log;  // ~enter and exit readings in call order, not yet drained
+  PyObject* clock;                // a user callable returning int nanoseconds; nullptr: steady
+  PyObject* on_first;             // called with the section at its first enter; may be nullptr
+  bool first;                     // the next enter is the first since creation or _rearm
+};
+
+SectionObject* as_sec(PyObject* op) { return reinterpret_cast<SectionObject*>(op); }
+
+bool read_clock(SectionObject* self, std::int64_t* now) {
+  if (self->clock == nullptr) {
+    *now = LapStopwatch::now_ns();
+    return true;
+  }
+  PyObject* value = PyObject_CallNoArgs(self->clock);
+  if (value == nullptr) return false;
+  if (!PyLong_Check(value)) {
+    PyErr_Format(PyExc_TypeError, "clock must return an int (nanoseconds), got %.200s",
+                 Py_TYPE(value)->tp_name);
+    Py_DECREF(value);
+    return false;
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+  Py_DECREF(value);
+  if (overflow != 0) {
+    PyErr_SetString(PyExc_OverflowError,
+                    "clock returned a value outside the int64 range of nanoseconds");
+    return false;
+  }
+  if (v == -1 && PyErr_Occurred()) return false;
+  *now = static_cast<std::int64_t>(v);
+  return true;
+}
+
+bool append(SectionObject* self, std::int64_t entry) {
+  try {
+    self->log.push_back(entry);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+    return false;
+  }
+  return true;
+}
+
+// Any arguments are accepted here and left to __init__, so that a Python subclass can give
+// its own constructor signature; an object that was never initialized times with steady_clock.
+PyObject* sec_new(PyTypeObject* type, PyObject*, PyObject*) {
+  PyObject* op = type->tp_alloc(type, 0);
+  if (op == nullptr) return nullptr;
+  SectionObject* self = as_sec(op);
+  new (&self->log) std::vector<std::int64_t>();
+  self->clock = nullptr;
+  self->on_first = nullptr;
+  self->first = true;
+  return op;
+}
+
+int sec_init(PyObject* op, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"clock", "on_first", nullptr};
+  PyObject* clock = Py_None;
+  PyObject* on_first = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:_Section", const_cast<char**>(kwlist),
+                                   &clock, &on_first)) {
+    return -1;
+  }
+  if (clock != Py_None && !PyCallable_Check(clock)) {
+    PyErr_Format(PyExc_TypeError,
+                 "clock must be None or a zero-argument callable returning int nanoseconds, "
+                 "got %.200s",
+                 Py_TYPE(clock)->tp_name);
+    return -1;
+  }
+  if (on_first != Py_None && !PyCallable_Check(on_first)) {
+    PyErr_Format(PyExc_TypeError, "on_first must be None or a callable, got %.200s",
+                 Py_TYPE(on_first)->tp_name);
+    return -1;
+  }
+  SectionObject* self = as_sec(op);
+  Py_XSETREF(self->clock, clock == Py_None ? nullptr : Py_NewRef(clock));
+  Py_XSETREF(self->on_first, on_first == Py_None ? nullptr : Py_NewRef(on_first));
+  return 0;
+}
+
+int sec_traverse(PyObject* op, visitproc visit, void* arg) {
+  Py_VISIT(as_sec(op)->clock);
+  Py_VISIT(as_sec(op)->on_first);
+  return 0;
+}
+
+int sec_clear(PyObject* op) {
+  Py_CLEAR(as_sec(op)->clock);
+  Py_CLEAR(as_sec(op)->on_first);
+  return 0;
+}
+
+void sec_dealloc(PyObject* op) {
+  PyObject_GC_UnTrack(op);
+  sec_clear(op);
+  using Log = std::vector<std::int64_t>;
+  as_sec(op)->log.~Log();
+  Py_TYPE(op)->tp_free(op);
+}
+
+PyObject* sec_enter(PyObject* op, PyObject*) {
+  SectionObject* self = as_sec(op);
+  if (self->first) {
+    // The callback records the parent; if it raises, the next enter tries again.
+    if (self->on_first != nullptr) {
+      PyObject* callback = Py_NewRef(self->on_first);  // it may re-initialize the section
+      PyObject* r = PyObject_CallOneArg(callback, op);
+      Py_DECREF(callback);
+      if (r == nullptr) return nullptr;
+      Py_DECREF(r);
+    }
+    self->first = false;
+  }
+  std::int64_t now = 0;
+  if (!read_clock(self, &now)) return nullptr;
+  if (!append(self, ~now)) return nullptr;
+  return Py_NewRef(op);
+}
+
+PyObject* sec_exit(PyObject* op, PyObject* const*, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_Format(PyExc_TypeError, "__exit__ takes 3 arguments, got %zd", nargs);
+    return nullptr;
+  }
+  SectionObject* self = as_sec(op);
+  std::int64_t now = 0;
+  if (!read_clock(self, &now)) return nullptr;
+  // Recorded whether or not the block raised; None lets the exception propagate.
+  if (!append(self, now)) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* sec_drain(PyObject* op, PyObject*) {
+  // Take the entries first: building the list may run the garbage collector and so any
+  // Python code, which may enter this section again; those entries stay for the next drain.
+  std::vector<std::int64_t> taken;
+  taken.swap(as_sec(op)->log);
+  const Py_ssize_t n = static_cast<Py_ssize_t>(taken.size());
+  PyObject* list = PyList_New(n);
+  if (list == nullptr) return nullptr;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PyLong_FromLongLong(taken[static_cast<std::size_t>(i)]);
+    if (item == nullptr) {
+      Py_DECREF(list);  // unset items are NULL, which list_dealloc skips
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, i, item);
+  }
+  return list;
+}
+
+PyObject* sec_discard(PyObject* op, PyObject*) {
+  std::vector<std::int64_t>().swap(as_sec(op)->log);  // frees the memory too
+  Py_RETURN_NONE;
+}
+
+PyObject* sec_log_size(PyObject* op, PyObject*) {
+  return PyLong_FromSize_t(as_sec(op)->log.size());
+}
+
+PyObject* sec_get_first(PyObject* op, void*) { return PyBool_FromLong(as_sec(op)->first); }
+
+int sec_set_first(PyObject* op, PyObject* value, void*) {
+  if (value == nullptr || !PyBool_Check(value)) {
+    PyErr_SetString(PyExc_TypeError, "_first must be set to a bool");
+    return -1;
+  }
+  as_sec(op)->first = value == Py_True;
+  return 0;
+}
+
+PyMethodDef sec_methods[] = {
+    {"__enter__", sec_enter, METH_NOARGS,
+     "At the first enter (since creation or _first = True) call on_first(self); then log "
+     "~now and return the section."},
+    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(sec_exit)),
+     METH_FASTCALL, "Log now; exceptions propagate."},
+    {"_drain", sec_drain, METH_NOARGS,
+     "_drain() -> list[int]\n\nThe logged entries (~t for an enter, t for an exit, in call "
+     "order), removed from the log."},
+    {"_discard", sec_discard, METH_NOARGS,
+     "_discard() -> None\n\nForget the logged entries and free their memory."},
+    {"_log_size", sec_log_size, METH_NOARGS,
+     "_log_size() -> int\n\nNumber of entries logged and not yet drained."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef sec_getset[] = {
+    {"_first", sec_get_first, sec_set_first,
+     "Whether the next enter is a first enter (and calls on_first).", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+// ---- _TimersBase ---------------------------------------------------------------------------
+
+struct TimersBaseObject {
+  PyObject_HEAD
+  PyObject* sections;  // dict: name -> section; nullptr only once the collector cleared it
+};
+
+TimersBaseObject* as_tb(PyObject* op) { return reinterpret_cast<TimersBaseObject*>(op); }
+
+PyObject* tb_new(PyTypeObject* type, PyObject*, PyObject*) {
+  PyObject* sections = PyDict_New();
+  if (sections == nullptr) return nullptr;
+  PyObject* op = type->tp_alloc(type, 0);
+  if (op == nullptr) {
+    Py_DECREF(sections);
+    return nullptr;
+  }
+  as_tb(op)->sections = sections;
+  return op;
+}
+
+int tb_traverse(PyObject* op, visitproc visit, void* arg) {
+  Py_VISIT(as_tb(op)->sections);
+  return 0;
+}
+
+int tb_clear(PyObject* op) {
+  Py_CLEAR(as_tb(op)->sections);
+  return 0;
+}
+
+// After the collector cleared a cycle, a finalizer may still call the object.
+PyObject* sections_or_raise(PyObject* op) {
+  PyObject* sections = as_tb(op)->sections;
+  if (sections == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "Timers is being destroyed: its sections are gone");
+  }
+  return sections;
+}
+
+void tb_dealloc(PyObject* op) {
+  PyObject_GC_UnTrack(op);
+  Py_CLEAR(as_tb(op)->sections);
+  Py_TYPE(op)->tp_free(op);
+}
+
+// timers(name): the cached section, or self._new_section(name) on a miss.
+PyObject* tb_call(PyObject* op, PyObject* args, PyObject* kwargs) {
+  PyObject* name = nullptr;
+  if (kwargs == nullptr && PyTuple_GET_SIZE(args) == 1) {
+    name = PyTuple_GET_ITEM(args, 0);
+  } else {
+    static const char* kwlist[] = {"name", nullptr};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:__call__", const_cast<char**>(kwlist),
+                                     &name)) {
+      return nullptr;
+    }
+  }
+  PyObject* sections = sections_or_raise(op);
+  if (sections == nullptr) return nullptr;
+  Py_INCREF(sections);  // the lookup may run __eq__ code, which may replace the dict
+  PyObject* section = PyDict_GetItemWithError(sections, name);
+  Py_XINCREF(section);
+  Py_DECREF(sections);
+  if (section != nullptr) return section;
+  if (PyErr_Occurred()) return nullptr;  // e.g. an unhashable name
+  static PyObject* method_name = nullptr;
+  if (method_name == nullptr) {
+    method_name = PyUnicode_InternFromString("_new_section");
+    if (method_name == nullptr) return nullptr;
+  }
+  return PyObject_CallMethodOneArg(op, method_name, name);
+}
+
+PyObject* tb_get_sections(PyObject* op, void*) { return Py_XNewRef(sections_or_raise(op)); }
+
+int tb_set_sections(PyObject* op, PyObject* value, void*) {
+  if (value == nullptr || !PyDict_CheckExact(value)) {
+    PyErr_SetString(PyExc_TypeError, "_sections must be set to a dict");
+    return -1;
+  }
+  Py_XSETREF(as_tb(op)->sections, Py_NewRef(value));
+  return 0;
+}
+
+PyGetSetDef tb_getset[] = {
+    {"_sections", tb_get_sections, tb_set_sections, "The sections by name.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+PyTypeObject SectionType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+PyTypeObject TimersBaseType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+void bind_timers(pybind11::module_& m) {
+  SectionType.tp_name = "fastpgd._C._Section";
+  SectionType.tp_basicsize = sizeof(SectionObject);
+  SectionType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC;
+  SectionType.tp_doc =
+      "_Section(clock=None, on_first=None)\n\n"
+      "The log of one named timing section; the base of fastpgd.Timers' sections.\n\n"
+      "Entering logs ~t and leaving logs t (int64 nanoseconds); _drain() hands the entries "
+      "over for pairing. The first enter calls on_first(self) before reading the clock.\n\n"
+      "Args:\n"
+      "    clock (Callable[[], int], optional): zero-argument callable returning int "
+      "nanoseconds. Default: None (steady_clock read in C++, the clock of "
+      "time.perf_counter_ns).\n"
+      "    on_first (Callable[[_Section], object], optional): called at the first enter.";
+  SectionType.tp_new = sec_new;
+  SectionType.tp_init = sec_init;
+  SectionType.tp_dealloc = sec_dealloc;
+  SectionType.tp_traverse = sec_traverse;
+  SectionType.tp_clear = sec_clear;
+  SectionType.tp_methods = sec_methods;
+  SectionType.tp_getset = sec_getset;
+  if (PyType_Ready(&SectionType) < 0) throw pybind11::error_already_set();
+  m.add_object("_Section", pybind11::reinterpret_borrow<pybind11::object>(
+                               reinterpret_cast<PyObject*>(&SectionType)));
+
+  TimersBaseType.tp_name = "fastpgd._C._TimersBase";
+  TimersBaseType.tp_basicsize = sizeof(TimersBaseObject);
+  TimersBaseType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC;
+  TimersBaseType.tp_doc =
+      "The base of fastpgd.Timers: calling it with a name returns the cached section from "
+      "_sections, or self._new_section(name) when there is none.";
+  TimersBaseType.tp_new = tb_new;
+  TimersBaseType.tp_dealloc = tb_dealloc;
+  TimersBaseType.tp_traverse = tb_traverse;
+  TimersBaseType.tp_clear = tb_clear;
+  TimersBaseType.tp_call = tb_call;
+  TimersBaseType.tp_getset = tb_getset;
+  if (PyType_Ready(&TimersBaseType) < 0) throw pybind11::error_already_set();
+  m.add_object("_TimersBase", pybind11::reinterpret_borrow<pybind11::object>(
+                                  reinterpret_cast<PyObject*>(&TimersBaseType)));
+}
+
+}  // namespace fastpgd

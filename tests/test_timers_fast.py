@@ -1,0 +1,271 @@
+"""Tests of the C++ hot path of fastpgd.Timers (fastpgd._C._Section and _TimersBase).
+
+The behaviour of whole ``Timers`` objects is tested on both backends in
+test_timers.py; here: the C types' own contract, misuse that must not crash,
+and a property test that the C++ and pure-Python sections record the same laps
+and parents for any sequence of enters, exits, reads and resets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from conftest import needs_ext
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastpgd.timers as timers_mod
+from fastpgd import _ext
+from fastpgd.timers import Timers
+
+pytestmark = needs_ext
+
+
+def _C():
+    return _ext.require_ext("the C++ timers tests")
+
+
+class Ticks:
+    """A fake clock: every read returns the current value; tests move it."""
+
+    def __init__(self, now: int = 1_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_default_clock_is_the_clock_of_perf_counter_ns():
+    section = _C()._Section()
+    before = time.perf_counter_ns()
+    with section:
+        pass
+    after = time.perf_counter_ns()
+    enter, leave = section._drain()
+    assert before <= ~enter <= leave <= after
+
+
+def test_log_holds_enters_as_complements_and_exits_in_call_order():
+    clock = Ticks(10)
+    section = _C()._Section(clock)
+    assert section.__enter__() is section
+    clock.now = 25
+    assert section.__exit__(None, None, None) is None
+    with section:
+        clock.now = 40
+    assert section._log_size() == 4
+    assert section._drain() == [~10, 25, ~25, 40]
+    assert section._drain() == [] and section._log_size() == 0
+    with section:
+        pass
+    section._discard()
+    assert section._drain() == []
+
+
+def test_on_first_runs_once_until_rearmed():
+    calls = []
+    section = _C()._Section(Ticks(), calls.append)
+    assert section._first is True
+    for _ in range(3):
+        with section:
+            pass
+    assert calls == [section] and section._first is False
+    section._first = True
+    with section:
+        pass
+    assert calls == [section, section]
+    with pytest.raises(TypeError, match="_first"):
+        section._first = 1
+    with pytest.raises(TypeError, match="_first"):
+        del section._first
+
+
+def test_a_failing_on_first_logs_nothing_and_is_retried():
+    attempts = []
+
+    def on_first(section):
+        attempts.append(section)
+        if len(attempts) == 1:
+            raise RuntimeError("first enter failed")
+
+    section = _C()._Section(Ticks(), on_first)
+    with pytest.raises(RuntimeError, match="first enter failed"):
+        section.__enter__()
+    assert section._log_size() == 0 and section._first is True
+    with section:
+        pass
+    assert len(attempts) == 2 and section._log_size() == 2
+
+
+@pytest.mark.parametrize(
+    "reading, error, words",
+    [
+        (1.5, TypeError, "clock must return an int"),
+        (None, TypeError, "clock must return an int"),
+        (2**63, OverflowError, "int64"),
+        (-(2**63) - 1, OverflowError, "int64"),
+    ],
+)
+def test_bad_clock_readings_raise_and_log_nothing(reading, error, words):
+    section = _C()._Section(lambda: reading)
+    with pytest.raises(error, match=words):
+        section.__enter__()
+    with pytest.raises(error, match=words):
+        section.__exit__(None, None, None)
+    assert section._log_size() == 0
+
+
+def test_a_raising_clock_propagates_and_logs_nothing():
+    def broken():
+        raise OSError("clock unplugged")
+
+    section = _C()._Section(broken)
+    with pytest.raises(OSError, match="unplugged"):
+        with section:
+            pass
+    assert section._log_size() == 0
+
+
+def test_a_clock_that_breaks_mid_block_still_propagates_through_timers():
+    clock = Ticks()
+    t = Timers(clock=clock)
+    with pytest.raises(TypeError, match="clock must return an int"):
+        with t("x"):
+            clock.now = 1.5  # the exit reads a float
+    clock.now = 2_000
+    with t("x"):
+        clock.now += 5
+    assert t.laps("x") == [5e-9]  # the block whose exit failed left no lap
+
+
+def test_constructor_and_exit_arguments_are_checked():
+    with pytest.raises(TypeError, match="clock must be None or a zero-argument callable"):
+        _C()._Section(3)
+    with pytest.raises(TypeError, match="on_first must be None or a callable"):
+        _C()._Section(None, 3)
+    section = _C()._Section()
+    with pytest.raises(TypeError, match="3 arguments, got 0"):
+        section.__exit__()
+    with pytest.raises(TypeError, match="3 arguments, got 4"):
+        section.__exit__(None, None, None, None)
+
+
+def test_timers_call_finds_cached_sections_and_checks_its_argument():
+    t = Timers(clock=Ticks())
+    section = t("x")
+    assert isinstance(t, _C()._TimersBase)
+    assert t("x") is section and t(name="x") is section
+    with pytest.raises(TypeError):
+        t()
+    with pytest.raises(TypeError):
+        t("x", "y")
+    with pytest.raises(TypeError, match="unhashable"):
+        t(["x"])
+    with pytest.raises(TypeError, match="name must be a str"):
+        t(3)
+    with pytest.raises(TypeError, match="_sections must be set to a dict"):
+        t._sections = []
+    with pytest.raises(TypeError, match="_sections must be set to a dict"):
+        del t._sections
+    assert t("x") is section
+
+
+def test_a_clock_that_misuses_the_section_does_not_corrupt_it():
+    # The clock runs between the first-enter check and the append: clearing or draining
+    # the log from inside it must leave a consistent log behind.
+    holder = {}
+    now = [100]
+
+    def meddling_clock():
+        section = holder.get("section")
+        if section is not None:
+            section._drain()
+            section._discard()
+            section._first = True
+        now[0] += 1
+        return now[0]
+
+    section = _C()._Section(meddling_clock)
+    holder["section"] = section
+    for _ in range(100):
+        with section:
+            pass
+    assert section._log_size() == 1  # each read emptied the log; the exit's entry stayed
+    assert section._drain()[0] >= 0
+
+
+def test_threads_sharing_a_section_lose_no_entries():
+    # Timers are documented as not thread-safe (the pairing is per object, not per
+    # thread), but concurrent use must never lose or corrupt entries.
+    section = _C()._Section()
+    n, workers = 20_000, 4
+
+    def work():
+        for _ in range(n):
+            with section:
+                pass
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    log = section._drain()
+    assert len(log) == 2 * n * workers
+    assert sum(1 for v in log if v < 0) == n * workers
+
+
+def test_a_million_blocks_hold_sixteen_bytes_each_until_read():
+    t = Timers()
+    section = t("x")
+    for _ in range(1_000_000):
+        with section:
+            pass
+    assert section._log_size() == 2_000_000
+    assert t.count("x") == 1_000_000
+    assert section._log_size() == 0
+    assert min(t.laps("x")) >= 0.0
+
+
+# -- the C++ and Python sections agree on any sequence of operations ------------------
+
+NAMES = ("a", "b", "c")
+OPS = st.one_of(
+    st.tuples(st.just("enter"), st.sampled_from(NAMES)),
+    st.tuples(st.just("exit"), st.sampled_from(NAMES)),
+    st.tuples(st.just("advance"), st.integers(min_value=0, max_value=10**6)),
+    st.tuples(st.just("read"), st.sampled_from(NAMES)),
+    st.tuples(st.just("reset"), st.none()),
+    st.tuples(st.just("reload"), st.none()),
+)
+
+
+def _run(ops, use_cpp: bool) -> list:
+    clock = Ticks(0)
+    t = (Timers if use_cpp else timers_mod._PyTimers)(clock=clock)
+    assert isinstance(t("a"), _C()._Section) == use_cpp
+    seen = []
+    for op, arg in ops:
+        if op == "enter":
+            t(arg).__enter__()
+        elif op == "exit":
+            t(arg).__exit__(None, None, None)
+        elif op == "advance":
+            clock.now += arg
+        elif op == "read":
+            seen.append((arg, t.count(arg), t.laps(arg)))
+        elif op == "reset":
+            t.reset()
+        else:
+            t.load_state_dict(t.state_dict())
+    seen.append(t.state_dict())
+    seen.append(t.names())
+    return seen
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(OPS, max_size=40))
+def test_cpp_and_python_sections_record_the_same_laps_and_parents(ops):
+    assert _run(ops, True) == _run(ops, False)
