@@ -16,11 +16,11 @@ import weakref
 
 import numpy as np
 import pytest
-from conftest import needs_ext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd.timers as timers_mod
+from conftest import needs_ext
 from fastpgd import _ext
 from fastpgd.timers import Timers
 

@@ -12,11 +12,11 @@ import threading
 import time
 
 import pytest
-from conftest import needs_ext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd.timers as timers_mod
+from conftest import needs_ext
 from fastpgd import _ext
 from fastpgd.timers import Timers
 
