@@ -259,7 +259,13 @@ def pgd_step_(
             x0 = x0.detach()
         if isinstance(eps, torch.Tensor) and eps.requires_grad:
             eps = eps.detach()
-        C.pgd_step_(x_adv, grad, x0, eps, alpha, norm, clamp)
+        if x_adv.is_cuda and not _TORCH_EXCHANGE_API:
+            # Without PyTorch's C exchange API the extension cannot ask for the current stream
+            # itself: name it, so the kernel runs where the caller's work is queued.
+            stream = torch.cuda.current_stream(x_adv.device).cuda_stream
+            C.pgd_step_(x_adv, grad, x0, eps, alpha, norm, clamp, stream)
+        else:
+            C.pgd_step_(x_adv, grad, x0, eps, alpha, norm, clamp)
         # Autograd must see the write: a graph that saved x_adv would otherwise use new values.
         _increment_version(x_adv)
         return x_adv
@@ -268,6 +274,9 @@ def pgd_step_(
 
 
 _increment_version = torch.autograd.graph.increment_version
+# torch >= 2.10 offers the DLPack C exchange API, through which the extension reads the current
+# CUDA stream itself.
+_TORCH_EXCHANGE_API = hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
 
 
 def _op_impl(x_adv, grad, x0, eps, alpha, norm, clamp):
