@@ -13,6 +13,7 @@ from torch import nn
 from conftest import DEVICES, needs_cuda
 from fastpgd import attack as attack_mod
 from fastpgd.attack import fused_pgd, reference_pgd
+from fastpgd.data import load_digits
 from fastpgd.models import MadryCNN
 
 ATTACKS = [fused_pgd, reference_pgd]
@@ -176,10 +177,9 @@ def test_linear_model_reaches_the_analytic_optimum(pgd):
 
 @pytest.fixture(scope="module")
 def digits_model():
-    datasets = pytest.importorskip("sklearn.datasets")
-    data = datasets.load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
+    images, labels = load_digits()  # the real 8x8 digits shipped with fastpgd
+    x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(labels, dtype=torch.long)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
