@@ -47,19 +47,25 @@ import dataclasses
 import io
 import math
 import os
-import random
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastpgd.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from fastpgd.data import DATASETS, ImageDataset, load_dataset
 from fastpgd.models import MadryCNN
 
@@ -72,8 +78,6 @@ __all__ = [
     "add_parser",
     "train",
 ]
-
-PHASES = ("step", "data", "setup", "attack", "forward", "backward", "update", "eval")
 
 #: Per-dataset defaults of the settings left as ``None`` in :class:`TrainConfig`.
 #:
@@ -95,8 +99,6 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "synthetic": dict(batch_size=50, lr=1e-4, eps=0.3, alpha=0.01, attack_steps=40, epochs=1),
 }
 
-_CHECKPOINT_FORMAT = "fastpgd-train-checkpoint"
-_CHECKPOINT_VERSION = 1
 # Settings that shape the sequence of weights: a checkpoint continues only under the same ones.
 _TRAJECTORY_FIELDS = (
     "dataset", "image_size", "synthetic_size", "batch_size", "lr", "eps", "alpha",
@@ -110,10 +112,6 @@ _TRAJECTORY_DEFAULTS = {"replay": False, "replay_steps": None, "replay_reset": 0
                         "replay_dtype": "input", "free_replays": 1}  # fmt: skip
 _SYNCS = ("auto", "none", "cuda", "events")
 _EVAL_SEED_OFFSET = 1_000_003  # evaluation draws from its own generator, never the training one
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is unreadable, of another format or version, or from another run."""
 
 
 @dataclass
@@ -378,86 +376,6 @@ class _EpochBatches(torch.utils.data.Sampler):
 
 
 # ----------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """Write ``obj`` so that ``path`` holds either the old file or the whole new one."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # The rename is durable only once the directory entry is on disk.
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a training checkpoint and check its format and version.
-
-    Args:
-        path (str or PathLike): the file :class:`Trainer` wrote.
-
-    Returns:
-        dict: plain containers and tensors (read with ``torch.load(weights_only=True)``).
-
-    Raises:
-        CheckpointError: unreadable (truncated, corrupt) or not a checkpoint of this version.
-        FileNotFoundError: no such file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged zip/pickle
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated or corrupt?): {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a fastpgd training checkpoint")
-    if ckpt.get("version") != _CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {ckpt.get('version')!r}; this fastpgd reads "
-            f"version {_CHECKPOINT_VERSION}"
-        )
-    return ckpt
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        # numpy's state holds an ndarray, which weights_only loading refuses: store a list.
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-# ----------------------------------------------------------------------------------------------
 # the trainer
 
 
@@ -629,8 +547,8 @@ class Trainer:
         else:
             states = [gen_state.cpu()]
         return {
-            "format": _CHECKPOINT_FORMAT,
-            "version": _CHECKPOINT_VERSION,
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
             "torch_version": str(torch.__version__),
             "config": dataclasses.asdict(self.config),
             "model_signature": dict(self.model_signature),
@@ -647,7 +565,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "position": self.position,
             },  # fmt: skip
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "attack_generators": states,
             "timers": self.timers.state_dict(),
             "history": [dict(h) for h in self.history],
@@ -660,7 +578,7 @@ class Trainer:
         path = Path(path if path is not None else self.config.checkpoint)
         state = self.state_dict()
         if self.is_main:
-            _atomic_save(state, path)
+            atomic_save(state, path)
 
     def check_compatible(self, ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
         """Refuse a checkpoint from another dataset, model shape, world size or trajectory.
@@ -694,7 +612,7 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.step, self.epoch, self.position = ckpt["step"], ckpt["epoch"], ckpt["position"]
-            _set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"])
             self.attack_gen.set_state(ckpt["attack_generators"][self.dist.rank].to("cpu"))
             self.timers.load_state_dict(ckpt["timers"])
             self.history = [dict(h) for h in ckpt["history"]]
