@@ -733,7 +733,8 @@ class Trainer:
         attack_fn = self._attack_fn(for_eval=False)
         per_epoch = self.batches.batches_per_epoch
         # Free training passes over each batch free_replays times: fewer epochs, as many updates.
-        total = math.ceil(c.epochs / c.free_replays) * per_epoch
+        passes = math.ceil(c.epochs / c.free_replays)
+        total = passes * per_epoch
         if c.max_steps is not None:
             total = min(total, c.max_steps)
 
@@ -764,7 +765,7 @@ class Trainer:
         if self.free_delta is not None:
             self._print(
                 f"free adversarial training: each batch {c.free_replays} times, "
-                f"{math.ceil(c.epochs / c.free_replays)} passes; perturbation buffer "
+                f"{passes} passes; perturbation buffer "
                 f"{self.free_delta.numel() * self.free_delta.element_size():,} bytes"
             )
         try:
@@ -786,27 +787,7 @@ class Trainer:
                         if self.free_delta is not None:
                             loss, logits = self._free_step(x, y)
                         else:
-                            if self.memory is not None:
-                                x = self._replay_attack(attack_fn, x, y, idx)
-                            elif attack_fn is not None:
-                                with self.timers("attack"):
-                                    # The bare module: attacking through DDP would sync grads.
-                                    x = attack_fn(
-                                        self.model,
-                                        x,
-                                        y,
-                                        eps=c.eps,
-                                        alpha=c.alpha,
-                                        steps=c.attack_steps,
-                                        generator=self.attack_gen,
-                                    )
-                            with self.timers("forward"):
-                                logits = self.ddp(x)
-                                loss = F.cross_entropy(logits, y)
-                            with self.timers("backward"):
-                                loss.backward()
-                            with self.timers("update"):
-                                self.optimizer.step()
+                            loss, logits = self._pgd_step(attack_fn, x, y, idx)
                     self.step += 1
                     self.position += 1
                     loss_sum += loss.detach() * len(y)
@@ -860,6 +841,33 @@ class Trainer:
         if self.is_main and c.plot:
             self.timers.plot(c.plot, parent="step")
         return self._result(final["clean_acc"], final["pgd_acc"], interrupted=False)
+
+    def _pgd_step(self, attack_fn, x, y, idx):
+        """One batch of Madry et al.'s training: attack (from the replay memory when on), then
+        one update of the weights on the adversarial batch."""
+        c = self.config
+        if self.memory is not None:
+            x = self._replay_attack(attack_fn, x, y, idx)
+        elif attack_fn is not None:
+            with self.timers("attack"):
+                # The bare module: attacking through DDP would sync grads.
+                x = attack_fn(
+                    self.model,
+                    x,
+                    y,
+                    eps=c.eps,
+                    alpha=c.alpha,
+                    steps=c.attack_steps,
+                    generator=self.attack_gen,
+                )
+        with self.timers("forward"):
+            logits = self.ddp(x)
+            loss = F.cross_entropy(logits, y)
+        with self.timers("backward"):
+            loss.backward()
+        with self.timers("update"):
+            self.optimizer.step()
+        return loss, logits
 
     def _replay_attack(self, attack_fn, x, y, idx) -> torch.Tensor:
         """The attack warm-started from the replay memory; stores the new perturbations."""
