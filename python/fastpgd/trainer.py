@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -418,14 +419,13 @@ class Trainer:
         self.dist = _init_distributed(c.device)
         self.device = self._pick_device(c.device)
 
+        load = functools.partial(load_dataset, c.dataset, data_dir=c.data_dir,
+                                 synthetic_size=c.synthetic_size, image_size=c.image_size,
+                                 seed=c.seed)  # fmt: skip
         if train_set is None:
-            train_set = load_dataset(c.dataset, "train", data_dir=c.data_dir,
-                                     synthetic_size=c.synthetic_size, image_size=c.image_size,
-                                     seed=c.seed)  # fmt: skip
+            train_set = load("train")
         if test_set is None:
-            test_set = load_dataset(c.dataset, "test", data_dir=c.data_dir,
-                                    synthetic_size=c.synthetic_size, image_size=c.image_size,
-                                    seed=c.seed)  # fmt: skip
+            test_set = load("test")
         for arg, ds in (("train_set", train_set), ("test_set", test_set)):
             if not isinstance(ds, ImageDataset):
                 raise TypeError(f"{arg} must be an ImageDataset, got {type(ds).__name__}")
