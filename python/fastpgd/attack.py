@@ -161,10 +161,14 @@ def _per_sample_view(v, x: torch.Tensor):
     return v
 
 
+def _draw_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 at least: random draws for fp16/bf16 inputs come from the float32 stream."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _uniform(x: torch.Tensor, generator) -> torch.Tensor:
     """U[0, 1) of x's shape, drawn in float32 at least so that fp16/bf16 get the same stream."""
-    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=dtype)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=_draw_dtype(x))
     return u.to(x.dtype)
 
 
@@ -175,14 +179,14 @@ def _random_delta(x: torch.Tensor, eps, norm: str, generator) -> torch.Tensor:
         return (_uniform(x, generator) * 2 - 1) * e
     n = x.shape[0]
     d = x[0].numel()
-    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = _draw_dtype(x)
     direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
     norms = direction.reshape(n, -1).norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
     u = torch.rand(n, generator=generator, device=x.device, dtype=dtype)
     # Radius eps * U^(1/d) makes the point uniform in the ball's volume, not just its shell.
     radius = u.pow(1.0 / max(d, 1)) / norms
     eps_t = eps.to(dtype) if isinstance(eps, torch.Tensor) else eps
-    delta = direction * (radius * eps_t).view((-1,) + (1,) * (x.dim() - 1))
+    delta = direction * _per_sample_view(radius * eps_t, x)
     return delta.to(x.dtype)
 
 
@@ -198,7 +202,7 @@ def _project(delta: torch.Tensor, x0: torch.Tensor, eps, norm: str, clamp) -> to
         n = x0.shape[0]
         norms = delta.reshape(n, -1).norm(dim=1).clamp_min(torch.finfo(delta.dtype).tiny)
         factor = torch.clamp((eps / norms), max=1.0)
-        delta = delta * factor.view((-1,) + (1,) * (x0.dim() - 1))
+        delta = delta * _per_sample_view(factor, x0)
     x = x0 + delta
     if clamp is not None:
         x = x.clamp(clamp[0], clamp[1])

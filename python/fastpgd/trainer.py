@@ -882,10 +882,10 @@ class Trainer:
             steps = c.replay_steps
             if n_fresh:
                 # Some entries were never written: random starts for them and the full attack.
-                from fastpgd.attack import _random_delta
+                from fastpgd.attack import _per_sample_view, _random_delta
 
                 start = _random_delta(x, c.eps, "linf", self.attack_gen)
-                mask = fresh.to(self.device).view((-1,) + (1,) * (x.dim() - 1))
+                mask = _per_sample_view(fresh.to(self.device), x)
                 delta_init = torch.where(mask, start, delta_init)
                 steps = c.attack_steps
         with self.timers("attack"):
