@@ -39,16 +39,6 @@ import torch
 EVAL_STEPS = 14  # the default evaluation of the 7-step run, kept for every configuration
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _configs(replay_steps: int, free_m: int) -> dict[str, dict]:
     return {
         "full": {},
@@ -168,6 +158,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     import fastpgd
+    from fastpgd.bench import cpu_model
     from fastpgd.trainer import TrainConfig
 
     today = datetime.date.today().isoformat()
@@ -176,7 +167,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = _configs(args.replay_steps, args.free_m)
     config = TrainConfig(epochs=args.epochs).resolved()
-    machine = {"cpu": _cpu_model(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+    machine = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                "torch": torch.__version__, "python": sys.version.split()[0],
                "platform": platform.platform(),
                "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -38,24 +38,16 @@ import timeit
 import tracemalloc
 
 from fastpgd import _ext
+from fastpgd.bench import cpu_model
 from fastpgd.stopwatch import PyStopwatch, Stopwatch
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backend": "extension" if _ext.has_ext() else "python",

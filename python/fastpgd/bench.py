@@ -97,7 +97,8 @@ def _floor(model, x, y, steps):
         torch.autograd.grad(loss, inp)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (else what platform knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -114,7 +115,7 @@ def _machine(device: torch.device) -> dict:
     info = {
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
