@@ -17,6 +17,7 @@
 #include <new>
 
 #include "binding/bindings.h"
+#include "binding/user_clock.h"
 #include "stopwatch.h"
 
 #ifdef Py_GIL_DISABLED
@@ -72,28 +73,6 @@ PyObject* raise_misuse(const char* method, Result r) {
   }
   PyErr_SetString(stopwatch_error(), msg);
   return nullptr;
-}
-
-bool read_user_clock(PyObject* clock, std::int64_t* now) {
-  PyObject* value = PyObject_CallNoArgs(clock);
-  if (value == nullptr) return false;
-  if (!PyLong_Check(value)) {
-    PyErr_Format(PyExc_TypeError, "clock must return an int (nanoseconds), got %.200s",
-                 Py_TYPE(value)->tp_name);
-    Py_DECREF(value);
-    return false;
-  }
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-  Py_DECREF(value);
-  if (overflow != 0) {
-    PyErr_SetString(PyExc_OverflowError,
-                    "clock returned a value outside the int64 range of nanoseconds");
-    return false;
-  }
-  if (v == -1 && PyErr_Occurred()) return false;
-  *now = static_cast<std::int64_t>(v);
-  return true;
 }
 
 // Reads the current time and applies op(now) to the core as one atomic step (see the top of

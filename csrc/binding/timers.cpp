@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "binding/bindings.h"
+#include "binding/user_clock.h"
 #include "stopwatch.h"
 
 namespace fastpgd {
@@ -43,25 +44,7 @@ bool read_clock(SectionObject* self, std::int64_t* now) {
     *now = LapStopwatch::now_ns();
     return true;
   }
-  PyObject* value = PyObject_CallNoArgs(self->clock);
-  if (value == nullptr) return false;
-  if (!PyLong_Check(value)) {
-    PyErr_Format(PyExc_TypeError, "clock must return an int (nanoseconds), got %.200s",
-                 Py_TYPE(value)->tp_name);
-    Py_DECREF(value);
-    return false;
-  }
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-  Py_DECREF(value);
-  if (overflow != 0) {
-    PyErr_SetString(PyExc_OverflowError,
-                    "clock returned a value outside the int64 range of nanoseconds");
-    return false;
-  }
-  if (v == -1 && PyErr_Occurred()) return false;
-  *now = static_cast<std::int64_t>(v);
-  return true;
+  return read_user_clock(self->clock, now);
 }
 
 bool append(SectionObject* self, std::int64_t entry) {
