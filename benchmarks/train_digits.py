@@ -74,12 +74,14 @@ def main(argv=None) -> int:
         help="torch threads; 1 is fastest on a small shared CPU (default: 1)",
     )
     parser.add_argument("--epochs", type=int, help="override the default epochs (for a quick look)")
-    default_out = Path(__file__).parent / "results" / "train_digits.json"
+    day = datetime.date.today().isoformat()
+    default_out = Path(__file__).parent / "results" / f"train-digits-cpu-{day}.json"
     parser.add_argument("--out", default=str(default_out))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     import fastpgd
+    from fastpgd.bench import cpu_model
     from fastpgd.trainer import TrainConfig
 
     config = TrainConfig(epochs=args.epochs).resolved()
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "torch_threads": args.threads,
             "torch": torch.__version__,
