@@ -259,7 +259,7 @@ def pgd_step_(
             x0 = x0.detach()
         if isinstance(eps, torch.Tensor) and eps.requires_grad:
             eps = eps.detach()
-        if x_adv.is_cuda and not _TORCH_EXCHANGE_API:
+        if not _TORCH_EXCHANGE_API and x_adv.is_cuda:
             # Without PyTorch's C exchange API the extension cannot ask for the current stream
             # itself: name it, so the kernel runs where the caller's work is queued.
             stream = torch.cuda.current_stream(x_adv.device).cuda_stream
