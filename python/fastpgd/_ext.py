@@ -1,8 +1,13 @@
-"""Loading the compiled core, and what it says about itself.
+"""Loading the compiled core, and the one place that chooses between it and its twins.
 
 The extension is optional: built wheels have it, ``FASTPGD_NO_EXT=1`` wheels do
 not, and ``FASTPGD_DISABLE_EXT=1`` at run time hides it so that every public
 name falls back to its pure-Python twin.
+
+Every compiled part has an explicit pure-Python twin written beside its public name
+(``PyStopwatch`` for ``Stopwatch``, and so on), and the choice between them is made here,
+once, at import: a module writes ``Stopwatch = _ext.pick("Stopwatch", PyStopwatch)``. No
+other module imports ``fastpgd._C`` or tests whether it loaded.
 """
 
 from __future__ import annotations
@@ -13,20 +18,34 @@ _TRUE = {"1", "true", "yes", "on"}
 
 disabled_by_env = os.environ.get("FASTPGD_DISABLE_EXT", "").strip().lower() in _TRUE
 
+#: The compiled module when it imported, even when disabled (for process-wide setup that
+#: must hold whichever backend is in use); ``None`` in a pure-Python install.
+built = None
+#: The compiled module when it is in use, else ``None``.
 _C = None
 import_error: str | None = None
 try:
-    from fastpgd import _C as _C_module
+    from fastpgd import _C as built
 except ImportError as exc:  # a pure-Python wheel, or a broken build
     import_error = f"{type(exc).__name__}: {exc}"
 else:
     if not disabled_by_env:
-        _C = _C_module
+        _C = built
 
 
 def has_ext() -> bool:
     """True when the compiled core is loaded and not disabled."""
     return _C is not None
+
+
+def pick(name: str, twin):
+    """``fastpgd._C.<name>`` when the extension is in use, else ``twin``, its pure-Python twin.
+
+    Args:
+        name (str): the attribute of the compiled module.
+        twin: the pure-Python object with the same behaviour.
+    """
+    return getattr(_C, name) if _C is not None else twin
 
 
 def require_ext(what: str):
@@ -58,10 +77,6 @@ def extension_info() -> dict:
 
     from fastpgd import __version__
 
-    try:
-        from fastpgd import _C as built
-    except ImportError:
-        built = None
     info = {
         "version": __version__,
         "cpu": False,
