@@ -522,3 +522,80 @@ def test_threads_keep_state_consistent(cls, clocked):
     sw.start()
     assert sw.running
     assert sw.lap() >= 0.0
+
+
+class CountingClock:
+    """A clock shared by threads: every read, under a lock, returns the next integer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+
+    def __call__(self) -> int:
+        with self._lock:
+            self.now += 1
+            return self.now
+
+
+def _lap_from_threads(sw, n_threads=8, n_laps=10_000):
+    """start(), then lap() n_laps times in each of n_threads threads at once."""
+    barrier = threading.Barrier(n_threads + 1)
+
+    def work():
+        barrier.wait()
+        for _ in range(n_laps):
+            sw.lap()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work) for _ in range(n_threads)]
+        for t in threads:
+            t.start()
+        sw.start()
+        barrier.wait()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert len(sw) == n_threads * n_laps
+
+
+def test_laps_from_threads_sum_to_the_clock_time_exactly():
+    # Each lap spans the readings since the previous one, so the laps tile the time from
+    # start() to the last lap(): no reading is applied out of order, no time counted twice.
+    # (The C++ Stopwatch reads a Python clock before it takes its turn, so this exact
+    # check holds for it only with its own clock: the next test.)
+    clock = CountingClock()
+    sw = PyStopwatch(clock=clock)
+    _lap_from_threads(sw)
+    first = clock.now - len(sw)  # the reading of start(); every lap() read once after it
+    assert sum(round(t * 1e9) for t in sw.lap_times()) == clock.now - first
+
+
+def test_laps_from_threads_never_exceed_the_wall_time(cls):
+    sw = cls()
+    before = time.perf_counter_ns()
+    _lap_from_threads(sw)
+    wall_ns = time.perf_counter_ns() - before
+    laps_ns = sum(round(t * 1e9) for t in sw.lap_times())
+    assert 0 < laps_ns <= wall_ns
+
+
+def test_a_clock_that_calls_the_stopwatch_does_not_deadlock(cls):
+    box = {}
+
+    def clock():
+        sw = box["sw"]
+        if not box.get("inside"):
+            box["inside"] = True
+            box["seen"] = sw.elapsed  # a nested call while the outer call holds the stopwatch
+            box["inside"] = False
+        return 1_000
+
+    sw = box["sw"] = cls(clock=clock)
+    worker = threading.Thread(target=lambda: (sw.start(), sw.lap()), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the stopwatch deadlocked on a clock that calls it"
+    assert box["seen"] == 0.0 and sw.lap_times() == [0.0]

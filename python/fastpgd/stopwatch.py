@@ -48,8 +48,10 @@ def _misuse(method: str, state: int) -> str:
     return f"{method}() called while stopped; call start() first"
 
 
-def _checked(clock: Callable[[], int]) -> Callable[[], int]:
-    """Wrap a user clock so that a bad reading fails at the call that reads it."""
+def checked_clock(clock: Callable[[], int]) -> Callable[[], int]:
+    """Wrap a user clock so that a bad reading fails at the call that reads it, with the
+    C++ core's words (csrc/binding/user_clock.h): ``TypeError`` for a reading that is not an
+    ``int``, ``OverflowError`` for one outside int64."""
 
     def read() -> int:
         now = clock()
@@ -80,12 +82,14 @@ class PyStopwatch:
             ``TypeError`` at the call that reads it. Default: ``None``
             (:func:`time.perf_counter_ns`).
 
-    Thread safety: every call reads the clock first, then updates the state
-    under a :class:`threading.Lock`. The lock costs about as much as the rest
-    of ``lap()`` together, but without it two threads can interleave between
-    the read and the write of the state and lose or double-count time (and on
-    a free-threaded build corrupt it); the C++ :data:`Stopwatch` is the fast
-    path.
+    Thread safety: every call reads the clock and updates the state under one
+    lock, so calls from several threads take effect one at a time, in the order
+    of their clock readings. No time is counted twice: the laps never sum to
+    more than the wall time between the first ``start()`` and the last
+    ``lap()`` (with ``lap()`` alone they sum to exactly that). The lock is
+    re-entrant, so a ``clock`` that calls the stopwatch does not deadlock; its
+    inner call takes a later reading than the outer one, which then counts as
+    a clock going backwards. The C++ :data:`Stopwatch` is the fast path.
 
     Examples::
 
@@ -110,8 +114,9 @@ class PyStopwatch:
                 f"(like time.perf_counter_ns), got {type(clock).__name__}"
             )
         self._strict = strict
-        self._clock = time.perf_counter_ns if clock is None else _checked(clock)
-        self._lock = threading.Lock()
+        self._clock = time.perf_counter_ns if clock is None else checked_clock(clock)
+        # Re-entrant: the clock is read under the lock and may be user code that calls back.
+        self._lock = threading.RLock()
         self._state = _NEVER_STARTED
         self._mark = 0  # clock reading at the last start() or lap()
         self._accum = 0  # running total of the current lap before _mark
@@ -123,8 +128,8 @@ class PyStopwatch:
         Never started: begin the first lap. Stopped: resume the current lap.
         Running: do nothing (``strict``: raise :class:`StopwatchError`).
         """
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             state = self._state
             if state != _RUNNING:
                 self._state = _RUNNING
@@ -140,8 +145,8 @@ class PyStopwatch:
         current lap and stop. Never started or stopped: do nothing
         (``strict``: raise :class:`StopwatchError`).
         """
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             state = self._state
             if state == _RUNNING:
                 d = now - self._mark
@@ -163,8 +168,8 @@ class PyStopwatch:
         Returns:
             float or None: the lap in seconds, or ``None`` when not running.
         """
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             state = self._state
             if state == _RUNNING:
                 d = now - self._mark
@@ -217,8 +222,8 @@ class PyStopwatch:
         Running: its running total plus the time since the last
         ``start()``/``lap()``. Stopped: its running total. Never started: 0.0.
         """
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             ns = self._accum
             if self._state == _RUNNING:
                 d = now - self._mark
@@ -268,14 +273,10 @@ class PyStopwatch:
         )
 
 
-try:
-    from fastpgd import _C as _built
-except ImportError:
-    _built = None
-if _built is not None:
+if _ext.built is not None:
     # One exception class for both backends, even when the extension is disabled at run time.
-    _built._set_stopwatch_error(StopwatchError)
+    _ext.built._set_stopwatch_error(StopwatchError)
 
 #: The C++ stopwatch (``fastpgd._C.Stopwatch``) when the compiled extension is in use,
 #: else :class:`PyStopwatch`. Same constructor, methods, properties and results.
-Stopwatch = _ext._C.Stopwatch if _ext.has_ext() else PyStopwatch
+Stopwatch = _ext.pick("Stopwatch", PyStopwatch)
