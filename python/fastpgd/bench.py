@@ -32,6 +32,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from fastpgd import _table
+from fastpgd._plot import bar_chart
+
 __all__ = ["WORKLOADS", "METHODS", "run_bench", "add_parser", "main"]
 
 METHODS = ("per-example", "reference", "fused", "fused-graph", "torchattacks", "floor")
@@ -391,35 +394,21 @@ def format_table(result: dict) -> str:
         rows.append(
             [name, f"{r['median_s']:.4f}", f"{r['min_s']:.4f}-{r['max_s']:.4f}", *speed, xf, xfm]
         )
-    widths = [
-        max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)
-    ]
-    lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+    return _table.format_table(cols, rows, title=head)
 
 
 def _plot(result: dict, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            f"fastpgd bench: not writing {path}: matplotlib is not installed "
-            "(pip install fastpgd[plot])",
-            file=sys.stderr,
-        )
-        return
     ok = [(k, v["median_s"]) for k, v in result["methods"].items() if v["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.barh([k for k, _ in ok], [t for _, t in ok])
-    ax.set_xlabel("median seconds per batch")
-    ax.set_title(f"{result['workload']} on {result['config']['device']}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        bar_chart(
+            path,
+            [k for k, _ in ok],
+            [t for _, t in ok],
+            xlabel="median seconds per batch",
+            title=f"{result['workload']} on {result['config']['device']}",
+        )
+    except ImportError as exc:  # the plot is optional: the table and JSON are written anyway
+        print(f"fastpgd bench: not writing {path}: {exc}", file=sys.stderr)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
