@@ -2,8 +2,8 @@
 
 Measures, per call: ``time.perf_counter_ns()`` (the floor: one clock read from
 Python), ``Stopwatch.lap()`` (C++), ``PyStopwatch.lap()``, ``with sw:`` blocks,
-a ``with timers("x"):`` block (fastpgd.Timers, with the C++ hot path and with
-the pure-Python one) and codetiming's reused ``Timer(logger=None)`` (start+stop
+a ``with timers("x"):`` block (``Timers``, with the C++ hot path, and its twin
+``PyTimers``) and codetiming's reused ``Timer(logger=None)`` (start+stop
 and a ``with`` block) where installed. Then ``lap_times()`` with
 10**6 laps stored against building a Python list of 10**6 floats, and the bytes
 each lap holds.
@@ -40,6 +40,7 @@ import tracemalloc
 from fastpgd import _ext
 from fastpgd.bench import cpu_model
 from fastpgd.stopwatch import PyStopwatch, Stopwatch
+from fastpgd.timers import PyTimers, Timers
 
 
 def machine() -> dict:
@@ -52,16 +53,6 @@ def machine() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backend": "extension" if _ext.has_ext() else "python",
     }
-
-
-def load_timers():
-    """(Timers, its pure-Python twin or None), or None when fastpgd has no Timers."""
-    try:
-        from fastpgd import timers
-    except ImportError:
-        return None
-    twin = getattr(timers, "_PyTimers", None)
-    return timers.Timers, (twin if twin is not timers.Timers else None)
 
 
 def load_codetiming():
@@ -100,17 +91,12 @@ def call_cases() -> tuple[dict, dict]:
     cases["PyStopwatch.lap()"] = ("f()", "sw.reset(); sw.start()", {"f": psw.lap, "sw": psw})
     psw3 = PyStopwatch()
     cases["with PyStopwatch: pass"] = ("with sw:\n    pass", "sw.reset()", {"sw": psw3})
-    loaded = load_timers()
-    if loaded is None:
-        skipped['with timers("x"): pass'] = "skipped: fastpgd.Timers not available"
+    block = 'with timers("x"):\n    pass'
+    cases[TIMERS_BLOCK] = (block, "pass", {"timers": Timers()})
+    if _ext.has_ext():
+        cases[PY_TIMERS_BLOCK] = (block, "pass", {"timers": PyTimers()})
     else:
-        timers_cls, py_timers_cls = loaded
-        block = 'with timers("x"):\n    pass'
-        cases[TIMERS_BLOCK] = (block, "pass", {"timers": timers_cls()})
-        if py_timers_cls is not None:
-            cases[PY_TIMERS_BLOCK] = (block, "pass", {"timers": py_timers_cls()})
-        else:
-            skipped[PY_TIMERS_BLOCK] = "skipped: extension not in use (the row above is it)"
+        skipped[PY_TIMERS_BLOCK] = "skipped: extension not in use (the row above is pure Python)"
     timer_cls = load_codetiming()
     if timer_cls is None:
         skipped[CODETIMING_START_STOP] = "skipped: codetiming not installed"

@@ -20,17 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd.timers as timers_mod
-from conftest import needs_ext
-from fastpgd import _ext
+from fastpgd import _ext, timer_gather, timer_stats
 from fastpgd.timers import Timers
 
 
-@pytest.fixture(autouse=True, params=["python", pytest.param("cpp", marks=needs_ext)])
+@pytest.fixture(autouse=True, params=["PyTimers", "Timers"])
 def section_backend(request, monkeypatch):
-    """Run every test on the pure-Python Timers and on the C++ hot path (when built)."""
-    if request.param == "python":
-        monkeypatch.setitem(globals(), "Timers", timers_mod._PyTimers)
-    return request.param
+    """Run every test on PyTimers and on Timers; returns "cpp" where Timers runs on C++."""
+    if request.param == "PyTimers":
+        monkeypatch.setitem(globals(), "Timers", timers_mod.PyTimers)
+        return "python"
+    return "cpp" if _ext.has_ext() else "python"
 
 
 class FakeClock:
@@ -266,9 +266,9 @@ def test_median_and_p95_match_numpy(laps_ns):
 
 def test_percentile_helper_on_known_values():
     # rank (n - 1) * 0.95 = 3.8 of [1, 2, 3, 4, 100]: 4 + 0.8 * 96
-    assert timers_mod._percentile([1, 2, 3, 4, 100], 95) == pytest.approx(80.8)
-    assert timers_mod._percentile([7], 95) == 7
-    assert math.isnan(timers_mod._percentile([], 95))
+    assert timer_stats.percentile([1, 2, 3, 4, 100], 95) == pytest.approx(80.8)
+    assert timer_stats.percentile([7], 95) == 7
+    assert math.isnan(timer_stats.percentile([], 95))
 
 
 # -- report --------------------------------------------------------------------------
@@ -609,7 +609,7 @@ def test_reduce_gathered_across_ranks_with_a_missing_name():
              "figures": {"a": (2, 100), "b": (1, 40)}}  # fmt: skip
     rank1 = {"names": ["a", "c"], "parents": {"a": None, "c": None},
              "figures": {"a": (4, 400), "c": (3, 30)}}  # fmt: skip
-    g = timers_mod._reduce_gathered([rank0, rank1])
+    g = timer_gather.reduce_gathered([rank0, rank1])
     assert g["world_size"] == 2 and g["names"] == ["a", "b", "c"]
     assert g["stats"]["a"]["count"] == {"min": 2, "mean": 3.0, "max": 4}
     assert g["stats"]["a"]["mean"]["max"] == pytest.approx(100e-9)

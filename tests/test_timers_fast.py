@@ -1,9 +1,11 @@
-"""Tests of the C++ hot path of fastpgd.Timers (fastpgd._C._Section and _TimersBase).
+"""Tests of the hot path of fastpgd.Timers: the C++ ``_C._Section`` and ``_C._TimersBase``
+and their pure-Python twins.
 
 The behaviour of whole ``Timers`` objects is tested on both backends in
-test_timers.py; here: the C types' own contract, misuse that must not crash,
-and a property test that the C++ and pure-Python sections record the same laps
-and parents for any sequence of enters, exits, reads and resets.
+test_timers.py; here: the section log's own contract, which the C++ type and its
+twin ``_PySection`` share, misuse that must not crash, and a property test that
+the C++ and pure-Python sections record the same laps and parents for any
+sequence of enters, exits, reads and resets.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from hypothesis import strategies as st
 import fastpgd.timers as timers_mod
 from conftest import needs_ext
 from fastpgd import _ext
-from fastpgd.timers import Timers
-
-pytestmark = needs_ext
+from fastpgd.timers import PyTimers, Timers
 
 
 def _C():
     return _ext.require_ext("the C++ timers tests")
+
+
+@pytest.fixture(params=[pytest.param("cpp", marks=needs_ext), "python"])
+def Section(request):
+    """The section log under test: ``fastpgd._C._Section`` or its twin ``_PySection``."""
+    return _C()._Section if request.param == "cpp" else timers_mod._PySection
 
 
 class Ticks:
@@ -37,8 +43,8 @@ class Ticks:
         return self.now
 
 
-def test_default_clock_is_the_clock_of_perf_counter_ns():
-    section = _C()._Section()
+def test_default_clock_is_the_clock_of_perf_counter_ns(Section):
+    section = Section()
     before = time.perf_counter_ns()
     with section:
         pass
@@ -47,9 +53,9 @@ def test_default_clock_is_the_clock_of_perf_counter_ns():
     assert before <= ~enter <= leave <= after
 
 
-def test_log_holds_enters_as_complements_and_exits_in_call_order():
+def test_log_holds_enters_as_complements_and_exits_in_call_order(Section):
     clock = Ticks(10)
-    section = _C()._Section(clock)
+    section = Section(clock)
     assert section.__enter__() is section
     clock.now = 25
     assert section.__exit__(None, None, None) is None
@@ -64,9 +70,9 @@ def test_log_holds_enters_as_complements_and_exits_in_call_order():
     assert section._drain() == []
 
 
-def test_on_first_runs_once_until_rearmed():
+def test_on_first_runs_once_until_rearmed(Section):
     calls = []
-    section = _C()._Section(Ticks(), calls.append)
+    section = Section(Ticks(), calls.append)
     assert section._first is True
     for _ in range(3):
         with section:
@@ -82,7 +88,7 @@ def test_on_first_runs_once_until_rearmed():
         del section._first
 
 
-def test_a_failing_on_first_logs_nothing_and_is_retried():
+def test_a_failing_on_first_logs_nothing_and_is_retried(Section):
     attempts = []
 
     def on_first(section):
@@ -90,7 +96,7 @@ def test_a_failing_on_first_logs_nothing_and_is_retried():
         if len(attempts) == 1:
             raise RuntimeError("first enter failed")
 
-    section = _C()._Section(Ticks(), on_first)
+    section = Section(Ticks(), on_first)
     with pytest.raises(RuntimeError, match="first enter failed"):
         section.__enter__()
     assert section._log_size() == 0 and section._first is True
@@ -108,8 +114,8 @@ def test_a_failing_on_first_logs_nothing_and_is_retried():
         (-(2**63) - 1, OverflowError, "int64"),
     ],
 )
-def test_bad_clock_readings_raise_and_log_nothing(reading, error, words):
-    section = _C()._Section(lambda: reading)
+def test_bad_clock_readings_raise_and_log_nothing(Section, reading, error, words):
+    section = Section(lambda: reading)
     with pytest.raises(error, match=words):
         section.__enter__()
     with pytest.raises(error, match=words):
@@ -117,20 +123,23 @@ def test_bad_clock_readings_raise_and_log_nothing(reading, error, words):
     assert section._log_size() == 0
 
 
-def test_a_raising_clock_propagates_and_logs_nothing():
+def test_a_raising_clock_propagates_and_logs_nothing(Section):
     def broken():
         raise OSError("clock unplugged")
 
-    section = _C()._Section(broken)
+    section = Section(broken)
     with pytest.raises(OSError, match="unplugged"):
         with section:
             pass
     assert section._log_size() == 0
 
 
-def test_a_clock_that_breaks_mid_block_still_propagates_through_timers():
+@pytest.mark.parametrize(
+    "timers_cls", [pytest.param(Timers, id="Timers", marks=needs_ext), PyTimers]
+)
+def test_a_clock_that_breaks_mid_block_still_propagates_through_timers(timers_cls):
     clock = Ticks()
-    t = Timers(clock=clock)
+    t = timers_cls(clock=clock)
     with pytest.raises(TypeError, match="clock must return an int"):
         with t("x"):
             clock.now = 1.5  # the exit reads a float
@@ -140,11 +149,15 @@ def test_a_clock_that_breaks_mid_block_still_propagates_through_timers():
     assert t.laps("x") == [5e-9]  # the block whose exit failed left no lap
 
 
-def test_constructor_and_exit_arguments_are_checked():
+def test_constructor_arguments_are_checked(Section):
     with pytest.raises(TypeError, match="clock must be None or a zero-argument callable"):
-        _C()._Section(3)
+        Section(3)
     with pytest.raises(TypeError, match="on_first must be None or a callable"):
-        _C()._Section(None, 3)
+        Section(None, 3)
+
+
+@needs_ext
+def test_cpp_exit_checks_its_argument_count():
     section = _C()._Section()
     with pytest.raises(TypeError, match="3 arguments, got 0"):
         section.__exit__()
@@ -152,10 +165,12 @@ def test_constructor_and_exit_arguments_are_checked():
         section.__exit__(None, None, None, None)
 
 
-def test_timers_call_finds_cached_sections_and_checks_its_argument():
-    t = Timers(clock=Ticks())
+@pytest.mark.parametrize(
+    "timers_cls", [pytest.param(Timers, id="Timers", marks=needs_ext), PyTimers]
+)
+def test_timers_call_finds_cached_sections_and_checks_its_argument(timers_cls):
+    t = timers_cls(clock=Ticks())
     section = t("x")
-    assert isinstance(t, _C()._TimersBase)
     assert t("x") is section and t(name="x") is section
     with pytest.raises(TypeError):
         t()
@@ -165,6 +180,14 @@ def test_timers_call_finds_cached_sections_and_checks_its_argument():
         t(["x"])
     with pytest.raises(TypeError, match="name must be a str"):
         t(3)
+    assert t("x") is section
+
+
+@needs_ext
+def test_cpp_timers_base_guards_its_sections():
+    t = Timers(clock=Ticks())
+    section = t("x")
+    assert isinstance(t, _C()._TimersBase)
     with pytest.raises(TypeError, match="_sections must be set to a dict"):
         t._sections = []
     with pytest.raises(TypeError, match="_sections must be set to a dict"):
@@ -172,7 +195,7 @@ def test_timers_call_finds_cached_sections_and_checks_its_argument():
     assert t("x") is section
 
 
-def test_a_clock_that_misuses_the_section_does_not_corrupt_it():
+def test_a_clock_that_misuses_the_section_does_not_corrupt_it(Section):
     # The clock runs between the first-enter check and the append: clearing or draining
     # the log from inside it must leave a consistent log behind.
     holder = {}
@@ -187,7 +210,7 @@ def test_a_clock_that_misuses_the_section_does_not_corrupt_it():
         now[0] += 1
         return now[0]
 
-    section = _C()._Section(meddling_clock)
+    section = Section(meddling_clock)
     holder["section"] = section
     for _ in range(100):
         with section:
@@ -196,10 +219,10 @@ def test_a_clock_that_misuses_the_section_does_not_corrupt_it():
     assert section._drain()[0] >= 0
 
 
-def test_threads_sharing_a_section_lose_no_entries():
-    # Timers are documented as not thread-safe (the pairing is per object, not per
-    # thread), but concurrent use must never lose or corrupt entries.
-    section = _C()._Section()
+def test_threads_sharing_a_section_lose_no_entries(Section):
+    # Timers is for one thread (the pairing is per object, not per thread), but concurrent
+    # use must never lose or corrupt entries.
+    section = Section()
     n, workers = 20_000, 4
 
     def work():
@@ -217,6 +240,7 @@ def test_threads_sharing_a_section_lose_no_entries():
     assert sum(1 for v in log if v < 0) == n * workers
 
 
+@needs_ext
 def test_a_million_blocks_hold_sixteen_bytes_each_until_read():
     t = Timers()
     section = t("x")
@@ -244,7 +268,7 @@ OPS = st.one_of(
 
 def _run(ops, use_cpp: bool) -> list:
     clock = Ticks(0)
-    t = (Timers if use_cpp else timers_mod._PyTimers)(clock=clock)
+    t = (Timers if use_cpp else PyTimers)(clock=clock)
     assert isinstance(t("a"), _C()._Section) == use_cpp
     seen = []
     for op, arg in ops:
@@ -265,6 +289,7 @@ def _run(ops, use_cpp: bool) -> list:
     return seen
 
 
+@needs_ext
 @settings(deadline=None, max_examples=200)
 @given(st.lists(OPS, max_size=40))
 def test_cpp_and_python_sections_record_the_same_laps_and_parents(ops):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fastpgd import _plot, _table, bench
+from fastpgd import _plot, _table, bench, timer_stats
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -34,8 +34,9 @@ def test_table_rejects_a_row_of_the_wrong_length():
         _table.format_table(["a", "b"], [["1", "2"], ["3"]])
 
 
-def test_docstring_examples_run():
-    result = doctest.testmod(_table)
+@pytest.mark.parametrize("module", [_table, timer_stats])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
 

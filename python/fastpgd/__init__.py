@@ -12,7 +12,7 @@ from fastpgd.attack import fused_pgd, reference_pgd
 from fastpgd.replay import ReplayMemory
 from fastpgd.step import pgd_step_, reference_pgd_step
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
-from fastpgd.timers import Timers
+from fastpgd.timers import PyTimers, Timers
 from fastpgd.trainer import Trainer, train
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "pgd_step_",
     "reference_pgd_step",
     "PyStopwatch",
+    "PyTimers",
     "ReplayMemory",
     "Stopwatch",
     "StopwatchError",
