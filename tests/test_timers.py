@@ -12,6 +12,7 @@ import io
 import json
 import math
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -199,6 +200,152 @@ def test_unknown_names_have_no_laps():
     t, _ = make()
     assert t.laps("nope") == [] and t.count("nope") == 0 and t.total("nope") == 0.0
     assert t.names() == []
+
+
+def test_a_clock_going_backwards_records_no_negative_lap_and_raises():
+    t, clock = make()
+    with t("x"):
+        clock.advance(5)
+    with t("x"):
+        clock.advance(-100)
+    with pytest.raises(RuntimeError, match="1 lap.* of section 'x' would be negative"):
+        t.laps("x")
+    assert t.laps("x") == [5e-9]  # only the lap that was not negative
+    with t("x"):
+        clock.advance(7)
+    assert t.laps("x") == [5e-9, 7e-9]
+
+
+# -- threads -------------------------------------------------------------------------
+
+
+def in_thread(fn):
+    """Run ``fn`` in a new thread and wait; return its result or the exception it raised."""
+    out = []
+
+    def run():
+        try:
+            out.append(fn())
+        except Exception as exc:  # handed to the test, which asserts on it
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def enter_and_exit(t, name):
+    with t(name):
+        pass
+
+
+def test_another_thread_entering_a_new_section_raises_and_records_nothing():
+    t, clock = make()
+    made_here = t("eval")  # created by the owner, never entered
+    with t("step"):
+        clock.advance(3)
+        for name in ("attack", "eval"):
+            error = in_thread(lambda name=name: enter_and_exit(t, name))
+            assert type(error) is RuntimeError
+            assert "Timers is for one thread" in str(error) and f"section {name!r}" in str(error)
+            assert "one Timers per thread" in str(error)
+    assert t.names() == ["step"] and t.laps("step") == [3e-9]
+    with made_here, t("attack"):  # the owner still enters them as first enters
+        clock.advance(2)
+    assert t.parents() == {"step": None, "eval": None, "attack": "eval"}
+    assert t.laps("attack") == [2e-9]
+
+
+def test_reset_hands_the_timers_over_to_another_thread():
+    t, clock = make()
+    with t("a"):
+        clock.advance(1)
+    assert type(in_thread(lambda: enter_and_exit(t, "b"))) is RuntimeError
+    t.reset()
+    assert in_thread(lambda: enter_and_exit(t, "b")) is None
+    assert t.names() == ["b"]
+
+
+def test_load_state_dict_hands_the_timers_over_to_another_thread():
+    t, clock = make()
+    with t("a"):
+        clock.advance(1)
+    t.load_state_dict(t.state_dict())
+    assert in_thread(lambda: enter_and_exit(t, "b")) is None
+    assert t.names() == ["a", "b"] and t.laps("a") == [1e-9]
+
+
+def test_a_finished_owner_hands_the_timers_over():
+    t, clock = make()
+    assert in_thread(lambda: enter_and_exit(t, "a")) is None
+    with t("b"):  # the thread that timed "a" has finished: this one takes over
+        clock.advance(4)
+    assert t.names() == ["a", "b"] and t.laps("b") == [4e-9]
+
+
+def test_mixed_threads_never_record_a_negative_lap():
+    # Another thread enters a section the owner already entered (not detected) between the
+    # owner's clock reading and its append: the owner's exit lands after the other enter in
+    # the log but read an earlier time. That pairing would be negative: it is dropped and
+    # reading raises. (The C++ section, too, reads a Python clock before it appends.)
+    clock = FakeClock(10)
+    other_thread = []
+
+    def owner_clock():
+        reading = clock()
+        if other_thread:
+            other = other_thread.pop()
+            clock.advance(100)
+            other.start()  # enters "x" at a later reading, logged before this one
+            other.join()
+        return reading
+
+    t = Timers(clock=owner_clock)
+    with t("x"):
+        clock.advance(5)
+    section = t("x")
+    section.__enter__()
+    clock.advance(20)
+    other_thread.append(threading.Thread(target=section.__enter__))
+    section.__exit__(None, None, None)
+    with pytest.raises(RuntimeError, match="would be negative.*one Timers per thread"):
+        t.laps("x")
+    assert t.laps("x") == [5e-9]
+
+
+def test_reading_from_another_thread_takes_turns_with_the_owner(monkeypatch):
+    # A reader pairs a section's log while the owner goes on timing. Its pairing and the
+    # owner's (at a first enter) must not interleave: the owner's later exit would find no
+    # open block and be lost. The reader is held between draining the log and pairing it.
+    t, clock = make()
+    x = t("x")
+    with x:
+        clock.advance(10)
+    x.__enter__()
+    clock.advance(10)
+    drained, resume = threading.Event(), threading.Event()
+    drain = type(x)._drain
+
+    def slow_drain(section):
+        batch = drain(section)
+        if threading.current_thread() is not threading.main_thread() and batch:
+            drained.set()
+            resume.wait(timeout=0.5)  # with the lock the owner cannot get here meanwhile
+        return batch
+
+    # _SectionMethods comes before either base class in every section's method order.
+    monkeypatch.setattr(timers_mod._SectionMethods, "_drain", slow_drain, raising=False)
+    reader = threading.Thread(target=t.count, args=("x",))
+    reader.start()
+    assert drained.wait(timeout=60)
+    x.__exit__(None, None, None)  # the hot path takes no lock
+    with t("y"):  # a first enter: pairs every section, so waits for the reader
+        clock.advance(1)
+    resume.set()
+    reader.join()
+    assert t.laps("x") == [10e-9, 10e-9]
+    assert t.parents() == {"x": None, "y": None}
 
 
 # -- statistics ----------------------------------------------------------------------
@@ -574,6 +721,18 @@ def test_events_mode_nesting_self_nesting_and_exceptions(fake_cuda):
     assert t.parents() == {"x": None, "y": "x"}
     t.reset()
     assert t.names() == [] and len(t._pool) == fake_cuda.created
+
+
+def test_events_mode_never_records_a_negative_lap(fake_cuda):
+    t = Timers(sync="events")
+    with t("x"):
+        fake_cuda.now += 1.0
+    with t("x"):
+        fake_cuda.now -= 3.0  # as if the block ended on a stream behind the one it began on
+    with pytest.raises(RuntimeError, match="1 lap.* of section 'x' would be negative"):
+        t.laps("x")
+    assert t.laps("x") == pytest.approx([1e-3])
+    assert len(t._pool) == fake_cuda.created  # the dropped pair's events are reused
 
 
 def test_events_mode_refuses_a_clock(fake_cuda):
