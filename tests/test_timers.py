@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd.timers as timers_mod
+from conftest import needs_cuda
 from fastpgd import _ext, timer_gather, timer_stats
 from fastpgd.timers import Timers
 
@@ -738,6 +739,26 @@ def test_events_mode_never_records_a_negative_lap(fake_cuda):
 def test_events_mode_refuses_a_clock(fake_cuda):
     with pytest.raises(ValueError, match="clock"):
         Timers(sync="events", clock=lambda: 0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("sync", ["cuda", "events"])
+def test_gpu_modes_time_real_cuda_work(sync):
+    import torch
+
+    t = Timers(sync=sync)
+    a = torch.randn(512, 512, device="cuda")
+    for _ in range(3):
+        with t("step"):
+            with t("matmul"):
+                for _ in range(20):
+                    a = a @ a
+                    a = a / a.norm()
+    steps, matmuls = t.laps("step"), t.laps("matmul")
+    assert t.parents() == {"step": None, "matmul": "step"}
+    assert len(matmuls) == 3 and all(lap > 0 for lap in matmuls)
+    assert all(s >= m for s, m in zip(steps, matmuls, strict=True))
 
 
 # -- gather without torch.distributed -------------------------------------------------
