@@ -336,7 +336,7 @@ BAD = {
     "label-float": (lambda b: py2_pickle({**b, b"labels": [0, 1.0, 2, 3]}), "not an int"),
     "label-bool": (lambda b: py2_pickle({**b, b"labels": [0, True, 2, 3]}), "not an int"),
     "labels-array": (lambda b: py2_pickle({**b, b"labels": np.array(b[b"labels"], np.uint8)}),
-                     "is a _PickledArray, not a list"),
+                     "is a numpy array, not a list of ints"),
     "fewer-labels": (lambda b: py2_pickle({**b, b"labels": b[b"labels"][:3]}),
                      "4 images but 3 labels"),
     "more-labels": (lambda b: py2_pickle({**b, b"labels": b[b"labels"] + [1]}),
@@ -425,6 +425,31 @@ def test_member_that_is_not_a_regular_file(tmp_path, rng):
     archive = write_archive(tmp_path / "src", "cifar10")
     with pytest.raises(CIFARFormatError, match="test_batch.*not a regular file"):
         read_cifar("cifar10", "test", archive)
+
+
+def test_archive_caps(tmp_path, rng, monkeypatch):
+    write_folder(tmp_path / "src", "cifar10", rng)
+    archive = write_archive(tmp_path / "src", "cifar10")
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_MEMBERS", 3)
+    with pytest.raises(CIFARFormatError, match="more than 3 members"):
+        read_cifar("cifar10", "test", archive)
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_MEMBERS", 1000)
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_BYTES", 5 * 3072)
+    with pytest.raises(CIFARFormatError, match="15360 bytes, far more than a CIFAR archive"):
+        read_cifar("cifar10", "test", archive)
+
+
+def test_gzip_bomb_is_stopped_by_the_cap(tmp_path, monkeypatch):
+    # A small archive that claims a 64 MiB member of zeros before the batches.
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{FOLDER['cifar10']}/padding")
+        info.size = 64 * 2**20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    assert path.stat().st_size < 2**20
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_BYTES", 2**20)
+    with pytest.raises(CIFARFormatError, match="far more than a CIFAR archive holds"):
+        read_cifar("cifar10", "test", path)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["folder", "archive"])

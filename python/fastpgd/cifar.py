@@ -40,6 +40,8 @@ __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "CIFARFormatError",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_ARCHIVE_MEMBERS",
     "MAX_BATCH_BYTES",
     "read_cifar",
 ]
@@ -59,6 +61,10 @@ CIFAR_STD = {
 #: The largest batch file or archive member read, in bytes. The biggest official one,
 #: ``cifar-100-python/train``, is about 155 MB (50,000 x 3,072 pixel bytes plus file names).
 MAX_BATCH_BYTES = 256 * 2**20
+#: The most an archive may hold, uncompressed, and the most members: the official archives
+#: hold about 180 MB in under ten members, and a compressed stream of zeros could claim far more.
+MAX_ARCHIVE_BYTES = 2**30
+MAX_ARCHIVE_MEMBERS = 1000
 
 _PIXELS = 3 * 32 * 32
 
@@ -238,7 +244,8 @@ def _parse_batch(raw: bytes, origin: str, layout: _Layout) -> tuple[np.ndarray, 
     labels = batch[layout.label_key]
     key = layout.label_key
     if not isinstance(labels, list):
-        raise CIFARFormatError(f"{origin}: {key!r} is a {type(labels).__name__}, not a list")
+        kind = "numpy array" if isinstance(labels, _PickledArray) else type(labels).__name__
+        raise CIFARFormatError(f"{origin}: {key!r} is a {kind}, not a list of ints")
     if len(labels) != images.shape[0]:
         raise CIFARFormatError(
             f"{origin}: {images.shape[0]} images but {len(labels)} labels in {key!r}"
@@ -306,8 +313,15 @@ def _read_archive(archive: Path, names: tuple[str, ...], layout: _Layout):
         origin = str(archive)
         try:
             with tarfile.open(fileobj=f, mode="r:*") as tar:
+                total, count = 0, 0
                 for member in tar:
                     # One pass in archive order: a gzip stream is cheap to read forwards only.
+                    total, count = total + member.size, count + 1
+                    if total > MAX_ARCHIVE_BYTES or count > MAX_ARCHIVE_MEMBERS:
+                        raise CIFARFormatError(
+                            f"{archive}: more than {MAX_ARCHIVE_MEMBERS} members or "
+                            f"{MAX_ARCHIVE_BYTES} bytes, far more than a CIFAR archive holds"
+                        )
                     member_name = member.name.removeprefix("./")
                     name = wanted.get(member_name)
                     if name is None or name in parsed:
@@ -322,8 +336,10 @@ def _read_archive(archive: Path, names: tuple[str, ...], layout: _Layout):
                     origin = str(archive)
                 # Read on to the end of the compressed stream even when every batch is in hand:
                 # only there does gzip check its CRC and notice a truncated or corrupt archive.
-                while tar.fileobj.read(1 << 20):
-                    pass
+                while chunk := tar.fileobj.read(1 << 20):
+                    total += len(chunk)
+                    if total > MAX_ARCHIVE_BYTES + 2**20:  # the tar's padding and end blocks
+                        raise CIFARFormatError(f"{archive}: trailing data beyond the archive")
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise CIFARFormatError(
                 f"{origin}: not a readable tar archive, truncated or corrupt "
