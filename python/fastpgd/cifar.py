@@ -26,9 +26,11 @@ trip and with ``str`` keys that differ from the file's).
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import pickle
+import reprlib
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -113,6 +115,26 @@ _LAYOUTS = {
 # The restricted unpickler and the stand-ins it hands to the pickle machine.
 
 
+class _BriefRepr(reprlib.Repr):
+    """Short reprs of untrusted values for messages: never the whole of a long string or int."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxstring = self.maxother = 40
+
+    def repr_bytes(self, obj, level):
+        return repr(obj[:24]) + ("..." if len(obj) > 24 else "")
+
+    repr_bytearray = repr_bytes
+
+    def repr_int(self, obj, level):
+        # repr() of a huge int is slow, and refused past sys.get_int_max_str_digits().
+        return repr(obj) if obj.bit_length() <= 64 else f"<int of {obj.bit_length()} bits>"
+
+
+_brief = _BriefRepr().repr
+
+
 class _NdarrayType:
     """Stands for ``numpy.ndarray`` as the reconstructor's first argument; cannot be called."""
 
@@ -130,7 +152,8 @@ class _PickledDtype:
         if not args or args[0] not in ("u1", b"u1"):
             found = args[0] if args else None
             raise CIFARFormatError(
-                f"{origin}: array dtype {found!r} is not allowed: CIFAR pixels are uint8 ('u1')"
+                f"{origin}: array dtype {_brief(found)} is not allowed: CIFAR pixels are "
+                "uint8 ('u1')"
             )
         self.origin = origin
 
@@ -139,7 +162,7 @@ class _PickledDtype:
         # [, metadata]); a plain uint8 has no subarray, names or fields.
         if not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5]):
             raise CIFARFormatError(
-                f"{self.origin}: array dtype state {state!r:.80} is not that of plain uint8"
+                f"{self.origin}: array dtype state {_brief(state)} is not that of plain uint8"
             )
 
 
@@ -153,10 +176,10 @@ class _PickledArray:
     def __setstate__(self, state) -> None:
         # numpy's array state: (version, shape, dtype, is_fortran, raw bytes).
         if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
-            raise CIFARFormatError(f"{self.origin}: unexpected numpy array state {state!r:.80}")
+            raise CIFARFormatError(f"{self.origin}: unexpected numpy array state {_brief(state)}")
         _, shape, dtype, fortran, raw = state
         if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
-            raise CIFARFormatError(f"{self.origin}: bad array shape {shape!r:.80}")
+            raise CIFARFormatError(f"{self.origin}: bad array shape {_brief(shape)}")
         if not isinstance(dtype, _PickledDtype) or not isinstance(raw, bytes):
             raise CIFARFormatError(
                 f"{self.origin}: array of shape {shape} does not hold raw uint8 bytes"
@@ -174,7 +197,7 @@ def _reconstruct(origin: str, args: tuple) -> _PickledArray:
     # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') followed by BUILD(state).
     if len(args) != 3 or args[0] is not _NDARRAY or args[1] != (0,) or args[2] not in (b"b", "b"):
         raise CIFARFormatError(
-            f"{origin}: unexpected numpy array constructor arguments {args!r:.80}"
+            f"{origin}: unexpected numpy array constructor arguments {_brief(args)}"
         )
     return _PickledArray(origin)
 
@@ -201,7 +224,7 @@ class _CIFARUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid):
-        raise CIFARFormatError(f"{self.origin}: refused a persistent id {pid!r:.80}")
+        raise CIFARFormatError(f"{self.origin}: refused a persistent id {_brief(pid)}")
 
 
 def _unpickle(raw: bytes, origin: str):
@@ -230,7 +253,7 @@ def _parse_batch(raw: bytes, origin: str, layout: _Layout) -> tuple[np.ndarray, 
         )
     for key in (b"data", layout.label_key):
         if key not in batch:
-            keys = ", ".join(sorted(repr(k) for k in batch)[:8])
+            keys = ", ".join(_brief(k) for k in itertools.islice(batch, 8))
             raise CIFARFormatError(f"{origin}: no key {key!r} (keys: {keys or 'none'})")
     data = batch[b"data"]
     if not isinstance(data, _PickledArray) or data.array is None:
@@ -252,10 +275,11 @@ def _parse_batch(raw: bytes, origin: str, layout: _Layout) -> tuple[np.ndarray, 
         )
     for i, label in enumerate(labels):
         if type(label) is not int:
-            raise CIFARFormatError(f"{origin}: {key!r}[{i}] is {label!r:.40}, not an int")
+            raise CIFARFormatError(f"{origin}: {key!r}[{i}] is {_brief(label)}, not an int")
         if not 0 <= label < layout.num_classes:
             raise CIFARFormatError(
-                f"{origin}: label {label} at {key!r}[{i}] is not in 0..{layout.num_classes - 1}"
+                f"{origin}: label {_brief(label)} at {key!r}[{i}] is not in "
+                f"0..{layout.num_classes - 1}"
             )
     return images, np.array(labels, dtype=np.int64)
 
