@@ -256,7 +256,7 @@ THROWS_IN_DETERMINISTIC_MODE = {
     "aten::_upsample_bicubic2d_aa_backward", "aten::upsample_trilinear3d_backward",
     "aten::reflection_pad1d_backward", "aten::reflection_pad2d_backward",
     "aten::reflection_pad3d_backward",
-    "aten::nll_loss_forward", "aten::nll_loss2d_forward",
+    "aten::nll_loss2d_forward",  # NLLLoss's spatial kernel; the [N, C] one is deterministic
     "aten::_ctc_loss_backward", "aten::_embedding_bag_backward",
     "aten::_embedding_bag_dense_backward",
     "aten::put_", "aten::put", "aten::histc", "aten::bincount", "aten::median",
