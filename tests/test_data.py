@@ -179,7 +179,7 @@ def test_idx_missing_files_and_arguments(tmp_path):
     with pytest.raises(ValueError, match="data_dir"):
         load_dataset("mnist", "train")
     with pytest.raises(ValueError, match="dataset must be one of"):
-        load_dataset("cifar10")
+        load_dataset("imagenet")
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist package")

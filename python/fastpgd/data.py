@@ -1,4 +1,4 @@
-"""Datasets for adversarial training: digits (shipped), MNIST/Fashion-MNIST (IDX), synthetic.
+"""Datasets for adversarial training: digits (shipped), MNIST/Fashion-MNIST (IDX), CIFAR, synthetic.
 
 - ``digits``: the 1797 real 8x8 handwritten digits of the UCI "Optical Recognition of Handwritten
   Digits" set (E. Alpaydin, C. Kaynak; CC BY 4.0), shipped inside the package so that training
@@ -8,6 +8,10 @@
   ``train-labels-idx1-ubyte``, ``t10k-...``), raw or gzip-compressed as distributed, read by a
   strict reader: a truncated, padded or corrupt file raises :class:`IDXFormatError` naming the
   file instead of yielding a short dataset.
+- ``cifar10`` and ``cifar100``: the official "python version" (the extracted folder or the
+  ``.tar.gz`` archive), read by :func:`fastpgd.cifar.read_cifar`, which never lets the pickles
+  run code and raises :class:`~fastpgd.cifar.CIFARFormatError` naming the file for anything
+  malformed.
 - ``synthetic``: seeded random class-template images of any size, for benchmarks and tests.
 
 Everything is read with numpy and held in memory as one tensor; a batch is fetched with one
@@ -26,7 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastpgd.cifar import CIFARFormatError, read_cifar
+
 __all__ = [
+    "CIFARFormatError",
     "DATASETS",
     "IDXFormatError",
     "ImageDataset",
@@ -38,7 +45,9 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS = ("digits", "mnist", "fashion-mnist", "synthetic")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic")
+
+_CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the files; the default ``data_dir``
 #: of ``fashion-mnist`` when it exists.
@@ -342,11 +351,16 @@ def load_dataset(
     """Load one split of a named dataset.
 
     Args:
-        name (str): one of ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"synthetic"``.
+        name (str): one of ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``,
+            ``"cifar100"``, ``"synthetic"``.
         split (str): ``"train"`` or ``"test"``. Default: ``"train"``.
         data_dir (str or PathLike, optional): the IDX directory of ``mnist`` and
             ``fashion-mnist`` (required for ``mnist``; ``fashion-mnist`` defaults to
-            ``/usr/share/datasets/fashion-mnist`` where Debian's package installs it).
+            ``/usr/share/datasets/fashion-mnist`` where Debian's package installs it); for
+            ``cifar10`` and ``cifar100`` (required) the extracted folder
+            (``cifar-10-batches-py``, ``cifar-100-python``), the directory holding it, the
+            ``.tar.gz`` archive, or the directory holding the archive (see
+            :func:`fastpgd.cifar.read_cifar`).
         synthetic_size (int): images in the synthetic train split; the test split holds a
             fifth as many (at least one). Default: 1000.
         image_size (int): side of the synthetic images. Default: 28.
@@ -354,7 +368,12 @@ def load_dataset(
             the test images are further draws from the same seed. Default: 0.
 
     Returns:
-        ImageDataset
+        ImageDataset: CIFAR images are stored as ``uint8`` ``[N, 3, 32, 32]`` with
+        ``scale=255`` (a quarter of the memory of float32) and fetched as float32 in [0, 1].
+
+    Raises:
+        CIFARFormatError: a CIFAR file is missing, malformed, or asks to run code.
+        IDXFormatError: an IDX file is malformed.
 
     Examples::
 
@@ -377,6 +396,15 @@ def load_dataset(
         ds = synthetic(synthetic_size + n, image_size=image_size, seed=seed)
         return ImageDataset(
             ds.images[synthetic_size:].clone(), ds.labels[synthetic_size:].clone(), name="synthetic"
+        )
+    if name in _CIFAR_CLASSES:
+        images, labels = read_cifar(name, split, data_dir)
+        return ImageDataset(
+            torch.from_numpy(images),
+            torch.from_numpy(labels),
+            scale=255.0,
+            num_classes=_CIFAR_CLASSES[name],
+            name=name,
         )
     if data_dir is None:
         if name == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
