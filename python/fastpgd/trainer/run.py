@@ -13,7 +13,7 @@ __all__ = ["train"]
 
 
 def train(config: TrainConfig | None = None, *, out=None, **kwargs) -> TrainResult:
-    """Adversarially train a :class:`~fastpgd.models.MadryCNN` and print the timing report.
+    """Adversarially train (:class:`Trainer`) and print the timing report and the accuracy.
 
     Args:
         config (TrainConfig, optional): the run; keyword arguments override its fields.
