@@ -43,6 +43,7 @@ def run(mode: str, seed: int, args) -> dict:
     if args.device == "cpu" and settings.get("cuda_graph") == "step":
         settings["cuda_graph"] = "off"  # bf16 on the CPU: autocast without graphs
     config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, device=args.device,
+                         synthetic_size=args.synthetic_size,
                          max_steps=args.max_steps, seed=seed, quiet=True,
                          eval_limit=args.eval_limit, **settings)  # fmt: skip
     trainer = Trainer(config, out=io.StringIO())
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--synthetic-size", type=int, default=1000)
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
