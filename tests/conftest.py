@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+
+# Before anything initialises CUDA: deterministic training (used by the trainer tests) needs
+# cuBLAS's workspace setting in force from the first cuBLAS call of the process.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest
 import torch

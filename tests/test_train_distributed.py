@@ -1,4 +1,8 @@
-"""Two gloo processes on the CPU: DDP keeps the ranks' weights identical; rank 0 alone writes."""
+"""Two gloo processes on the CPU: DDP keeps the ranks' weights identical; rank 0 alone writes.
+
+The device is explicit: on a GPU machine ``device="auto"`` would put the ranks on CUDA with NCCL
+(one GPU per rank), which is not what this test is about.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ _WORKER = textwrap.dedent(
     result = train(dataset="synthetic", synthetic_size=60, image_size=8, batch_size=10,
                    epochs=1, max_steps=3, lr=1e-3, eps=0.1, alpha=0.05, attack_steps=2,
                    eval_steps=2, eval_restarts=1, quiet=True, report_every=3,
-                   checkpoint=out_dir + "/ckpt.pt", out=log)
+                   checkpoint=out_dir + "/ckpt.pt", out=log, device="cpu")
     torch.save([p.detach() for p in result.model.parameters()], f"{out_dir}/rank{rank}.pt")
     with open(f"{out_dir}/rank{rank}.log", "w") as f:
         f.write(log.getvalue())

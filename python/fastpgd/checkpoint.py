@@ -9,6 +9,7 @@ generators (torch, CUDA, Python, NumPy) that a bit-for-bit resume needs.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "atomic_save",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "rng_state",
     "set_rng_state",
 ]
@@ -35,10 +37,40 @@ class CheckpointError(ValueError):
     """A checkpoint is unreadable, of another format or version, or from another run."""
 
 
+def _temporary_prefix(path: Path) -> str:
+    # What only fastpgd's own temporary files of this checkpoint are called.
+    return f".{path.name}.fastpgd-"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files that saves of ``path`` left behind when the process was killed
+    mid-write (each as large as a checkpoint). Only files named as :func:`atomic_save` names
+    them are touched.
+
+    Returns:
+        list[Path]: the files removed.
+    """
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f"{glob.escape(_temporary_prefix(path))}*.tmp"):
+        try:
+            stale.unlink()
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        removed.append(stale)
+    return removed
+
+
 def atomic_save(obj, path: Path) -> None:
-    """Write ``obj`` so that ``path`` holds either the old file or the whole new one."""
+    """Write ``obj`` so that ``path`` holds either the old file or the whole new one.
+
+    The data goes to a temporary file beside ``path`` (fsynced, then renamed over it); stale
+    temporaries of earlier, killed saves of the same checkpoint are removed first.
+    """
+    path = Path(path)
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
