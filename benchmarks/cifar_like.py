@@ -1,9 +1,10 @@
 """Write files in the format of CIFAR-10's "python version" filled with random pixels.
 
 The real data cannot be downloaded where the GPU checks run; timing a CIFAR-size epoch needs only
-its shape. The files are what the official distribution holds (``data_batch_1``..``5``,
-``test_batch``, ``batches.meta``: pickles with bytes keys, ``N x 3072`` uint8 rows), so the
-training run also goes through fastpgd's CIFAR reader.
+its shape. The files hold what the official distribution holds (``data_batch_1``..``5``,
+``test_batch``, ``batches.meta``: dicts with bytes keys, ``N x 3072`` uint8 rows), so the
+training run also goes through fastpgd's CIFAR reader; they are pickled with protocol 4 (the
+official ones are Python 2 pickles of protocol 2, which Python 3 cannot write with bytes keys).
 
 Usage::
 
@@ -27,7 +28,7 @@ def write_batch(path: Path, data: np.ndarray, labels: np.ndarray, name: str) -> 
         b"filenames": [f"{name}_{i}.png".encode() for i in range(len(labels))],
     }
     with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
+        pickle.dump(batch, f, protocol=4)
 
 
 def main(argv=None) -> int:
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
              b"ship", b"truck"]  # fmt: skip
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": names, b"num_cases_per_batch": sizes[0],
-                     b"num_vis": 3072}, f, protocol=2)  # fmt: skip
+                     b"num_vis": 3072}, f, protocol=4)  # fmt: skip
     print(f"wrote {args.train} training and {args.test} test images to {folder}")
     return 0
 
