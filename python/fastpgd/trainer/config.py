@@ -276,6 +276,15 @@ class TrainConfig:
         return c
 
 
+def pixel_budget(value: float) -> str:
+    """``value`` for a report: a budget of whole grey levels that has no short decimal form is
+    also written as a fraction of 255 (8/255 is 0.03137 (8/255); 0.2 stays 0.2)."""
+    levels = value * 255
+    if round(value, 4) != value and abs(levels - round(levels)) < 1e-9 and round(levels):
+        return f"{value:.4g} ({round(levels)}/255)"
+    return f"{value:g}"
+
+
 def _check_choice(name: str, value, choices) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -23,7 +23,7 @@ from fastpgd.data import ImageDataset, load_dataset
 from fastpgd.trainer import state as _state
 from fastpgd.trainer.batches import BatchSource, EpochOrder, augment_crop_flip
 from fastpgd.trainer.captured_step import CapturedTrainStep
-from fastpgd.trainer.config import EVAL_SEED_OFFSET, TrainConfig, TrainResult
+from fastpgd.trainer.config import EVAL_SEED_OFFSET, TrainConfig, TrainResult, pixel_budget
 from fastpgd.trainer.distributed import init_distributed, pick_device
 from fastpgd.trainer.numerics import (
     AMP_DTYPES,
@@ -320,20 +320,28 @@ class Trainer:
         tqdm.write(text, file=self.out)
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based) under ``config.lr_schedule``."""
+        """The learning rate of optimizer step ``step`` (0-based) under ``config.lr_schedule``.
+
+        The piecewise schedule is laid over the planned epochs, not ``max_steps``: stopping
+        early (or in two parts, with a resume) leaves the learning rate of each step as it is.
+        """
         c = self.config
         if c.lr_schedule == "constant":
             return c.lr
-        total = self.total_steps()
+        total = self.planned_steps()
         # Piecewise: divided by 10 after half of the steps and again after three quarters.
         return c.lr * (0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4)))
 
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole run (batches, for free training)."""
+    def planned_steps(self) -> int:
+        """Steps of ``config.epochs`` epochs (batches, for free training)."""
         c = self.config
         # Free training passes over each batch free_replays times: fewer epochs, as many updates.
-        passes = math.ceil(c.epochs / c.free_replays)
-        total = passes * self.order.batches_per_epoch
+        return math.ceil(c.epochs / c.free_replays) * self.order.batches_per_epoch
+
+    def total_steps(self) -> int:
+        """Steps this run goes to: the planned ones, or ``config.max_steps`` if fewer."""
+        c = self.config
+        total = self.planned_steps()
         return min(total, c.max_steps) if c.max_steps is not None else total
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -748,8 +756,9 @@ class Trainer:
         self.history.append(entry)
         self._print(
             f"eval after epoch {self.epoch} (step {self.step}): clean {result['clean_acc']:.1%}, "
-            f"PGD {result['pgd_acc']:.1%} (eps {self.config.eps:g}, {self.config.eval_steps} "
-            f"steps, {self.config.eval_restarts} restarts, {result['n']} images)"
+            f"PGD {result['pgd_acc']:.1%} (eps {pixel_budget(self.config.eps)}, "
+            f"{self.config.eval_steps} steps, {self.config.eval_restarts} restarts, "
+            f"{result['n']} images)"
         )
         return result
 

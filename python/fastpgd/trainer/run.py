@@ -6,7 +6,7 @@ import dataclasses
 import sys
 import time
 
-from fastpgd.trainer.config import TrainConfig, TrainResult
+from fastpgd.trainer.config import TrainConfig, TrainResult, pixel_budget
 from fastpgd.trainer.loop import Trainer
 
 __all__ = ["train"]
@@ -90,8 +90,8 @@ def _final_text(trainer: Trainer, result: TrainResult, elapsed: float, table: st
     lines = [
         f"== phase times ({result.steps} steps, batch {c.batch_size}, {trainer.device}{ws})",
         table.rstrip("\n"),
-        f"== accuracy on the {c.dataset} test split at eps {c.eps:g} (PGD {c.eval_steps} steps "
-        f"of {c.alpha:g}, {c.eval_restarts} restarts)",
+        f"== accuracy on the {c.dataset} test split at eps {pixel_budget(c.eps)} (PGD "
+        f"{c.eval_steps} steps of {pixel_budget(c.alpha)}, {c.eval_restarts} restarts)",
         _accuracy_line(_method_label(c), result, elapsed),
     ]
     return "\n".join(lines)
