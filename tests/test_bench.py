@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from fastpgd import bench
 
@@ -106,9 +107,57 @@ def test_add_parser_registers_the_subcommand(tmp_path, capsys):
         (dict(methods=["fused", "pgd"]), "unknown ['pgd']"),
         (dict(repeats=0), "repeats must be an int >= 1"),
         (dict(dtype="int8"), "dtype must be one of"),
+        (dict(device="tpu"), "device must be cpu, cuda or cuda:N, got 'tpu'"),
     ],
 )
 def test_bad_arguments(kwargs, words):
     with pytest.raises(ValueError) as info:
         bench.run_bench(quiet=True, batch_size=2, steps=1, **kwargs)
     assert words in str(info.value)
+
+
+def test_run_bench_checks_output_paths_before_measuring(tmp_path, monkeypatch):
+    def no_model():
+        raise AssertionError("the benchmark started before the output path was checked")
+
+    monkeypatch.setitem(bench.WORKLOADS["madry-mnist"], "model", no_model)
+    with pytest.raises(ValueError, match="json_path .* is a directory; give a file path"):
+        bench.run_bench(json_path=str(tmp_path), quiet=True)
+    with pytest.raises(ValueError, match="plot_path '/proc/version' cannot be written"):
+        bench.run_bench(plot_path="/proc/version", quiet=True)
+
+
+def test_check_device(monkeypatch):
+    assert bench.check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N, got 'meta'"):
+        bench.check_device("meta", "--device")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 3"):
+        bench.check_device(3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda:0' needs CUDA, but torch.cuda.is_availab"):
+        bench.check_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert bench.check_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match="'cuda:2' does not exist: this machine has 2 CUDA"):
+        bench.check_device("cuda:2")
+
+
+@pytest.mark.parametrize(
+    "text,version",
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC "
+            "2024\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n",
+            "550.54.15",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.124.06  Release Build  "
+            "(dvs-builder@U16-I3-B03-4-3)  Tue Mar  4 11:12:56 UTC 2025\n",
+            "570.124.06",
+        ),
+        ("GCC version: 12.2.0\n", None),
+    ],
+)
+def test_driver_version_from_proc_text(text, version):
+    assert bench._driver_in_proc_text(text) == version

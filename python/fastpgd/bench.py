@@ -24,13 +24,17 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from fastpgd._paths import check_writable
 
 __all__ = ["WORKLOADS", "METHODS", "run_bench", "add_parser", "main"]
 
@@ -109,7 +113,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA kernel driver's version (``/proc/driver/nvidia/version``, else
+    ``nvidia-smi``), or ``None`` where neither says."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            found = _driver_in_proc_text(f.read())
+        if found:
+            return found
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.split()
+    return lines[0] if lines else None
+
+
+def _driver_in_proc_text(text: str) -> str | None:
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 ..." (or "... Open
+    # Kernel Module for x86_64  ..."): the first dotted number on the NVRM line.
+    for line in text.splitlines():
+        if line.startswith("NVRM version:"):
+            match = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", line + " ")
+            return match.group(1) if match else None
+    return None
+
+
 def _machine(device: torch.device) -> dict:
+    """The machine a benchmark ran on: host, CPU, torch, the extension, the date; on CUDA the
+    GPU's name, its driver and torch's CUDA version."""
     from fastpgd import extension_info
 
     info = {
@@ -125,7 +165,44 @@ def _machine(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_driver"] = nvidia_driver_version()
+        info["cuda_runtime"] = torch.version.cuda
     return info
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device` that exists on this machine.
+
+    Args:
+        device (str or torch.device): ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        name (str): what the caller calls it, for the messages. Default: ``"device"``.
+
+    Raises:
+        ValueError: naming ``name``: not a CPU or CUDA device, CUDA not available, or a CUDA
+            index this machine does not have.
+    """
+    need = f"{name} must be cpu, cuda or cuda:N, got {device!r}"
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(need)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(need) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(need)
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{name} {str(device)!r} needs CUDA, but torch.cuda.is_available() is False on this "
+            "machine; use cpu"
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(
+            f"{name} {str(device)!r} does not exist: this machine has {count} CUDA device(s)"
+        )
+    return dev
 
 
 def _check_valid(name, x_adv, x, eps, tol):
@@ -173,8 +250,10 @@ def run_bench(
         per_example_subset (int): examples the per-example loop attacks; its times are scaled
             by ``batch_size / per_example_subset``. Default: 10.
         seed (int): seeds the model, the synthetic batch and the attacks' generators.
-        json_path (str, optional): write every figure and the machine description there.
-        plot_path (str, optional): a bar chart of the median times (needs matplotlib).
+        json_path (str, optional): write every figure and the machine description there (a
+            file in an existing directory; checked before anything is measured).
+        plot_path (str, optional): a bar chart of the median times (needs matplotlib; checked
+            like ``json_path``).
         quiet (bool): no table and no progress bar. Default: ``False``.
 
     Returns:
@@ -182,6 +261,10 @@ def run_bench(
         ``"skipped: ..."``), ``times_s``, ``median_s``, ``min_s``, ``max_s``, ``speedup_vs``
         (per baseline, ratio of medians), ``x_floor`` (median / floor's median), and the same
         two from the best times, ``speedup_vs_min`` and ``x_floor_min``.
+
+    Raises:
+        ValueError: naming the argument: an unknown workload, dtype or method, a count out of
+            range, a device this machine does not have, an output path that cannot be written.
 
     Examples::
 
@@ -209,7 +292,11 @@ def run_bench(
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
     spec = WORKLOADS[workload]
-    dev = torch.device(device)
+    dev = check_device(device)
+    # Before any work: a bad output path fails now, not after the benchmark.
+    for name, path in (("json_path", json_path), ("plot_path", plot_path)):
+        if path:
+            check_writable(name, path)
     tdtype = _DTYPES[dtype]
     n = spec["batch_size"] if batch_size is None else int(batch_size)
     n_steps = spec["steps"] if steps is None else int(steps)
@@ -357,8 +444,6 @@ def run_bench(
     if not quiet:
         print(format_table(result))
     if json_path:
-        parent = os.path.dirname(os.path.abspath(json_path))
-        os.makedirs(parent, exist_ok=True)
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     if plot_path:
