@@ -1,14 +1,18 @@
-"""fastpgd bench on a tiny workload: every method reported, sane numbers, valid JSON."""
+"""fastpgd bench on a tiny workload: every method reported, sane numbers, valid JSON; every bad
+invocation (of the attack benchmark and of --train) a one-line error with exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from fastpgd import bench
+from fastpgd import bench, bench_train, cli
 
 TINY = [
     "--batch-size",
@@ -161,3 +165,127 @@ def test_check_device(monkeypatch):
 )
 def test_driver_version_from_proc_text(text, version):
     assert bench._driver_in_proc_text(text) == version
+
+
+# -- bad invocations: one line on stderr, exit code 2 -------------------------------------------
+
+
+def run_cli(argv, capsys):
+    """``fastpgd <argv>`` in this process: (exit code, stdout, stderr). argparse's errors exit
+    through SystemExit; the command's own return the code."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastpgd bench: error: "), err
+    for word in words:
+        assert word in lines[0], (word, err)
+
+
+BAD_FLAGS = [
+    (["--repeats", "0"], ["argument --repeats", "must be an integer >= 1, got 0"]),
+    (["--batch-size", "0"], ["argument --batch-size", "must be an integer >= 1, got 0"]),
+    (["--steps", "-1"], ["argument --steps", "must be an integer >= 1, got -1"]),
+    (["--warmup", "-1"], ["argument --warmup", "must be an integer >= 0, got -1"]),
+    (["--per-example-subset", "0"], ["argument --per-example-subset", ">= 1, got 0"]),
+    (["--seed", "x"], ["argument --seed", "must be an integer >= 0, got 'x'"]),
+    (["--methods", "fused,pgd"], ["argument --methods", "unknown method 'pgd'", "choose from"]),
+    (["--methods", "fused,"], ["argument --methods", "unknown method ''"]),
+    (["--dtype", "int8"], ["argument --dtype", "invalid choice: 'int8'"]),
+    (["--workload", "imagenet"], ["argument --workload", "invalid choice: 'imagenet'"]),
+    (["--device", "tpu"], ["--device must be cpu, cuda or cuda:N, got 'tpu'"]),
+    (["--variants", "eager"], ["--variants only applies to --train"]),
+    (["--image-size", "8"], ["--image-size only applies to --train"]),
+    (["--train", "--methods", "fused"], ["--methods only applies to the attack benchmark"]),
+    (["--train", "--repeats", "2", "--plot", "p.png"], ["--repeats, --plot only apply to the"]),
+    (["--train", "--steps", "0"], ["argument --steps", "must be an integer >= 1, got 0"]),
+    (["--train", "--warmup", "-2"], ["argument --warmup", "must be an integer >= 0, got -2"]),
+    (["--train", "--batch-size", "0"], ["argument --batch-size", ">= 1, got 0"]),
+    (["--train", "--image-size", "0"], ["argument --image-size", ">= 1, got 0"]),
+    (["--train", "--attack-steps", "0"], ["argument --attack-steps", ">= 1, got 0"]),
+    (["--train", "--variants", "eager,fast"], ["argument --variants", "unknown variant 'fast'"]),
+    (["--train", "--workload", "cifar"], ["argument --workload", "--train has madry-mnist"]),
+    (["--train", "--device", "cuda:x"], ["--device must be cpu, cuda or cuda:N"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flags_are_one_line_errors(argv, words, capsys, monkeypatch):
+    # Nothing may be measured: the checks come first.
+    def measured(*args, **kwargs):
+        raise AssertionError("a benchmark ran despite a bad flag")
+
+    monkeypatch.setattr(bench, "run_bench", measured)
+    monkeypatch.setattr(bench_train, "run_train_bench", measured)
+    code, out, err = run_cli(["bench", *argv], capsys)
+    assert_one_line_error(code, err, *words)
+    assert out == ""
+
+
+@pytest.mark.parametrize("mode", [[], ["--train"]], ids=["attack", "train"])
+def test_device_without_cuda_is_one_line_error(mode, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_cli(["bench", *mode, "--device", "cuda"], capsys)
+    assert_one_line_error(code, err, "--device 'cuda' needs CUDA", "use cpu")
+
+
+@pytest.mark.parametrize("mode", [[], ["--train"]], ids=["attack", "train"])
+@pytest.mark.parametrize(
+    "flag,path,words",
+    [
+        ("--json", "DIR", ["is a directory; give a file path"]),
+        ("--json", "/proc/version", ["--json '/proc/version' cannot be written"]),
+        ("--json", "DIR/missing/r.json", ["does not exist"]),
+        ("--plot", "/proc/version", ["--plot '/proc/version' cannot be written"]),
+    ],
+)
+def test_unwritable_output_fails_before_measuring(mode, flag, path, words, tmp_path, capsys,
+                                                  monkeypatch):  # fmt: skip
+    if flag == "--plot" and mode:
+        words = ["--plot only applies to the attack benchmark"]
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a benchmark ran before its output path was checked")
+
+    monkeypatch.setattr(bench, "run_bench", measured)
+    monkeypatch.setattr(bench_train, "run_train_bench", measured)
+    argv = ["bench", *mode, flag, path.replace("DIR", str(tmp_path))]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, *words)
+
+
+def test_setting_refused_by_the_trainer_is_one_line_error(capsys):
+    # The Madry CNN pools twice: a 2x2 image is refused when the model is built.
+    argv = ["bench", "--train", "--image-size", "2", "--variants", "eager", "--quiet"]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "image_size must be at least 4, got 2")
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--repeats", "0"], ["argument --repeats: must be an integer >= 1, got 0"]),
+        (["--train", "--device", "cuda:99"], ["--device 'cuda:99'"]),
+    ],
+)
+def test_exit_code_and_stderr_of_the_real_command(argv, words):
+    # Without the editable install's rebuild log, so that stderr holds only the command's own.
+    env = dict(os.environ, SKBUILD_EDITABLE_VERBOSE="0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastpgd", "bench", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert_one_line_error(proc.returncode, proc.stderr, *words)
+    assert proc.stdout == ""
