@@ -139,6 +139,7 @@ def _ms(stats: dict) -> dict:
 
 
 def _measure(config, train_set, test_set, device: torch.device, warmup: int, steps: int) -> dict:
+    """One variant: a trainer of ``config``, its warm-up, then its measured steps' figures."""
     from fastpgd.trainer import Trainer
 
     trainer = Trainer(config, train_set=train_set, test_set=test_set, out=io.StringIO())
@@ -154,8 +155,7 @@ def _measure(config, train_set, test_set, device: torch.device, warmup: int, ste
     summary = timers.summary(parent="step")
     parents = timers.parents()
     step = summary["step"]
-    result = {
-        "status": "ok",
+    return {
         "graph_mode": trainer.graph_mode,
         "ms_per_step": step["median"] * 1e3,
         **_ms(step),
@@ -171,7 +171,6 @@ def _measure(config, train_set, test_set, device: torch.device, warmup: int, ste
         "notes": list(trainer.notes),
         "phase_table": trainer.report(),
     }
-    return result
 
 
 def run_train_bench(
