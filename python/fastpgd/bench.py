@@ -15,6 +15,13 @@ Methods (all on the same model, batch and budget):
   attack can beat without changing the model's arithmetic.
 
 Inputs are synthetic (uniform in [0, 1], random labels): timing does not depend on the data.
+
+With ``--train``, the adversarial training step instead: milliseconds per step of the trainer in
+each of its speed settings (eager, the attack or the whole step as a CUDA graph, bf16, TF32),
+timed by its own phase timers (see :mod:`fastpgd.bench_train`).
+
+A bad flag is one line on stderr, ``fastpgd bench: error: ...``, and exit code 2, before anything
+is measured.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,9 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from fastpgd import _table
+from fastpgd._paths import check_writable
 from fastpgd._plot import bar_chart
 
-__all__ = ["WORKLOADS", "METHODS", "run_bench", "add_parser", "main"]
+__all__ = ["WORKLOADS", "METHODS", "run_bench", "check_device", "add_parser", "main"]
 
 METHODS = ("per-example", "reference", "fused", "fused-graph", "torchattacks", "floor")
 BASELINES = ("per-example", "reference", "torchattacks")
@@ -112,7 +122,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA kernel driver's version (``/proc/driver/nvidia/version``, else
+    ``nvidia-smi``), or ``None`` where neither says."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            found = _driver_in_proc_text(f.read())
+        if found:
+            return found
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.split()
+    return lines[0] if lines else None
+
+
+def _driver_in_proc_text(text: str) -> str | None:
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 ..." (or "... Open
+    # Kernel Module for x86_64  ..."): the first dotted number on the NVRM line.
+    for line in text.splitlines():
+        if line.startswith("NVRM version:"):
+            match = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", line + " ")
+            return match.group(1) if match else None
+    return None
+
+
 def _machine(device: torch.device) -> dict:
+    """The machine a benchmark ran on: host, CPU, torch, the extension, the date; on CUDA the
+    GPU's name, its driver and torch's CUDA version."""
     from fastpgd import extension_info
 
     info = {
@@ -128,7 +174,44 @@ def _machine(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_driver"] = nvidia_driver_version()
+        info["cuda_runtime"] = torch.version.cuda
     return info
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device` that exists on this machine.
+
+    Args:
+        device (str or torch.device): ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        name (str): what the caller calls it, for the messages. Default: ``"device"``.
+
+    Raises:
+        ValueError: naming ``name``: not a CPU or CUDA device, CUDA not available, or a CUDA
+            index this machine does not have.
+    """
+    need = f"{name} must be cpu, cuda or cuda:N, got {device!r}"
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(need)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(need) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(need)
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{name} {str(device)!r} needs CUDA, but torch.cuda.is_available() is False on this "
+            "machine; use cpu"
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(
+            f"{name} {str(device)!r} does not exist: this machine has {count} CUDA device(s)"
+        )
+    return dev
 
 
 def _check_valid(name, x_adv, x, eps, tol):
@@ -176,8 +259,10 @@ def run_bench(
         per_example_subset (int): examples the per-example loop attacks; its times are scaled
             by ``batch_size / per_example_subset``. Default: 10.
         seed (int): seeds the model, the synthetic batch and the attacks' generators.
-        json_path (str, optional): write every figure and the machine description there.
-        plot_path (str, optional): a bar chart of the median times (needs matplotlib).
+        json_path (str, optional): write every figure and the machine description there (a
+            file in an existing directory; checked before anything is measured).
+        plot_path (str, optional): a bar chart of the median times (needs matplotlib; checked
+            like ``json_path``).
         quiet (bool): no table and no progress bar. Default: ``False``.
 
     Returns:
@@ -185,6 +270,10 @@ def run_bench(
         ``"skipped: ..."``), ``times_s``, ``median_s``, ``min_s``, ``max_s``, ``speedup_vs``
         (per baseline, ratio of medians), ``x_floor`` (median / floor's median), and the same
         two from the best times, ``speedup_vs_min`` and ``x_floor_min``.
+
+    Raises:
+        ValueError: naming the argument: an unknown workload, dtype or method, a count out of
+            range, a device this machine does not have, an output path that cannot be written.
 
     Examples::
 
@@ -212,7 +301,11 @@ def run_bench(
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
     spec = WORKLOADS[workload]
-    dev = torch.device(device)
+    dev = check_device(device)
+    # Before any work: a bad output path fails now, not after the benchmark.
+    for name, path in (("json_path", json_path), ("plot_path", plot_path)):
+        if path:
+            check_writable(name, path)
     tdtype = _DTYPES[dtype]
     n = spec["batch_size"] if batch_size is None else int(batch_size)
     n_steps = spec["steps"] if steps is None else int(steps)
@@ -360,8 +453,6 @@ def run_bench(
     if not quiet:
         print(format_table(result))
     if json_path:
-        parent = os.path.dirname(os.path.abspath(json_path))
-        os.makedirs(parent, exist_ok=True)
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     if plot_path:
@@ -411,49 +502,187 @@ def _plot(result: dict, path: str) -> None:
         print(f"fastpgd bench: not writing {path}: {exc}", file=sys.stderr)
 
 
+# Flags of one mode only: given with the other, they are an error rather than ignored.
+_ATTACK_ONLY = ("dtype", "repeats", "methods", "per_example_subset", "plot")
+_TRAIN_ONLY = ("variants", "image_size", "attack_steps")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _fail(message: str) -> int:
+    # What a user can fix: one line and argparse's exit code, no traceback.
+    print(f"fastpgd bench: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _check_flags(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags together (a flag of the other mode, a device or output
+    path that cannot be used), or ``None``."""
+    from fastpgd import bench_train
+
+    if args.train:
+        other, other_name, workloads = _ATTACK_ONLY, "the attack benchmark", bench_train.WORKLOADS
+    else:
+        other, other_name, workloads = _TRAIN_ONLY, "--train", WORKLOADS
+    given = [_flag(d) for d in other if getattr(args, d) is not None]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        return f"{', '.join(given)} only {verb} to {other_name}"
+    if args.workload not in workloads:
+        mode = "--train" if args.train else "the attack benchmark"
+        return f"argument --workload: {mode} has {', '.join(workloads)}; got {args.workload!r}"
+    try:
+        check_device(args.device, "--device")
+        for dest in ("json", "plot"):
+            if getattr(args, dest):
+                check_writable(_flag(dest), getattr(args, dest))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# The defaults of the flags whose meaning or default depends on the mode (their help says so).
+_ATTACK_DEFAULTS = dict(dtype="float32", repeats=5, warmup=1, per_example_subset=10)
+_TRAIN_DEFAULTS = dict(steps=50, warmup=5)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
-    run_bench(
-        args.workload,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        methods=methods,
-        per_example_subset=args.per_example_subset,
-        seed=args.seed,
-        json_path=args.json,
-        plot_path=args.plot,
-        quiet=args.quiet,
+    problem = _check_flags(args)
+    if problem:
+        return _fail(problem)
+    defaults = _TRAIN_DEFAULTS if args.train else _ATTACK_DEFAULTS
+    # The flags as given, with the mode's defaults for those left out.
+    flags = vars(args) | {k: v for k, v in defaults.items() if getattr(args, k) is None}
+    common = dict(
+        device=flags["device"],
+        batch_size=flags["batch_size"],
+        steps=flags["steps"],
+        warmup=flags["warmup"],
+        seed=flags["seed"],
+        json_path=flags["json"],
+        quiet=flags["quiet"],
     )
+    try:
+        if args.train:
+            from fastpgd.bench_train import run_train_bench
+
+            run_train_bench(flags["workload"], variants=flags["variants"],
+                            image_size=flags["image_size"], attack_steps=flags["attack_steps"],
+                            **common)  # fmt: skip
+        else:
+            run_bench(flags["workload"], dtype=flags["dtype"], repeats=flags["repeats"],
+                      methods=flags["methods"], per_example_subset=flags["per_example_subset"],
+                      plot_path=flags["plot"], **common)  # fmt: skip
+    except (ValueError, TypeError) as exc:
+        # A setting the benchmark or the trainer refuses; anything else is a bug and keeps its
+        # traceback.
+        return _fail(exc)
+    except KeyboardInterrupt:
+        print("fastpgd bench: interrupted", file=sys.stderr)
+        return 130  # the shell's convention for "stopped by a signal"
     return 0
 
 
+def _names(choices: Sequence[str], what: str):
+    """An argparse type: a comma-separated list of ``choices`` (repeats dropped, order kept)."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",")]
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, unknown))}; choose from {','.join(choices)}"
+            )
+        return list(dict.fromkeys(names))
+
+    return parse
+
+
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--workload", choices=sorted(WORKLOADS), default="madry-mnist")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
-    p.add_argument("--batch-size", type=int, default=None, help="override the workload's batch")
-    p.add_argument("--steps", type=int, default=None, help="override the workload's steps")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default: 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: 1)")
+    from fastpgd import bench_train
+    from fastpgd.trainer.cli import nonneg_int, positive_int
+
+    # argparse prints its whole usage block before a bad flag's message: one line says it.
+    def error(message: str):
+        p.exit(2, f"{p.prog}: error: {message}\n")
+
+    p.error = error
     p.add_argument(
+        "--train",
+        action="store_true",
+        help="time the adversarial training step instead of the attack: ms per step of each "
+        f"variant ({', '.join(bench_train.VARIANTS)}) with the trainer's own phase timers",
+    )
+    p.add_argument(
+        "--workload",
+        choices=sorted({*WORKLOADS, *bench_train.WORKLOADS}),
+        default="madry-mnist",
+        help=f"attack: {', '.join(WORKLOADS)}; --train: {', '.join(bench_train.WORKLOADS)} "
+        "(default: madry-mnist)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="override the workload's batch"
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="attack: override the workload's PGD steps; --train: measured training steps per "
+        "variant (default: 50)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=nonneg_int,
+        default=None,
+        help="untimed runs first: per method (default: 1); --train: steps per variant "
+        "(default: 5; the first step of a graph variant captures it)",
+    )
+    p.add_argument(
+        "--seed", type=nonneg_int, default=0, help="seeds the model, data and attacks (default: 0)"
+    )
+    p.add_argument("--json", metavar="PATH", default=None, help="write all figures as JSON")
+    p.add_argument("--quiet", action="store_true", help="no table, no progress output")
+
+    attack = p.add_argument_group("the attack benchmark only")
+    attack.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="default: float32")
+    attack.add_argument(
+        "--repeats", type=positive_int, default=None, help="timed runs per method (default: 5)"
+    )
+    attack.add_argument(
         "--methods",
+        type=_names(METHODS, "method"),
         default=None,
         help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
     )
-    p.add_argument(
+    attack.add_argument(
         "--per-example-subset",
-        type=int,
-        default=10,
+        type=positive_int,
+        default=None,
         help="examples the per-example loop attacks; times scaled to the batch (default: 10)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", default=None, help="write all figures as JSON")
-    p.add_argument("--plot", metavar="PATH", default=None, help="bar chart (needs matplotlib)")
-    p.add_argument("--quiet", action="store_true", help="no table, no progress bar")
+    attack.add_argument("--plot", metavar="PATH", default=None, help="bar chart (needs matplotlib)")
+
+    train = p.add_argument_group("--train only")
+    train.add_argument(
+        "--variants",
+        type=_names(tuple(bench_train.VARIANTS), "variant"),
+        default=None,
+        help=f"comma-separated subset of {','.join(bench_train.VARIANTS)} (default: all; "
+        "graph-attack, graph-step and tf32 need CUDA and are reported as skipped without it)",
+    )
+    train.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="override the workload's image side (a short run: tests use 8; the Madry CNN "
+        "needs at least 4)",
+    )
+    train.add_argument(
+        "--attack-steps", type=positive_int, default=None, help="override the workload's PGD steps"
+    )
     p.set_defaults(func=_cmd_bench)
     return p
 
@@ -463,7 +692,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return _configure(
         subparsers.add_parser(
             "bench",
-            help="time fused PGD against its baselines",
+            help="time fused PGD against its baselines, or the training step (--train)",
             description=__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
