@@ -289,3 +289,32 @@ def test_exit_code_and_stderr_of_the_real_command(argv, words):
     )
     assert_one_line_error(proc.returncode, proc.stderr, *words)
     assert proc.stdout == ""
+
+
+def test_cifar_preact_workload_runs(tmp_path):
+    # PreAct ResNet-18 at batch 128 and PGD-10 by default; shortened here.
+    path = tmp_path / "preact.json"
+    argv = [
+        "--workload",
+        "cifar-preact",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--methods",
+        "fused,reference,floor",
+        "--quiet",
+        "--json",
+        str(path),
+    ]
+    assert bench.main(argv) == 0
+    result = json.loads(path.read_text())
+    assert result["workload"] == "cifar-preact"
+    assert {m for m, r in result["methods"].items() if r["status"] == "ok"} == {
+        "fused", "reference", "floor"}  # fmt: skip
+    assert bench.WORKLOADS["cifar-preact"]["batch_size"] == 128
+    assert bench.WORKLOADS["cifar-preact"]["steps"] == 10

@@ -229,3 +229,18 @@ def test_every_variant_on_cuda():
         assert v[name]["cuda_graph_choice"].startswith(f"{v[faster]['graph_mode']!r}: faster")
     assert (v["bf16"]["amp"], v["tf32"]["tf32"]) == ("bf16", True)
     assert all(math.isfinite(r["vs_eager"]) and r["vs_eager"] > 0 for r in v.values())
+
+
+def test_cifar_preact_workload_trains_the_recipe(tmp_path):
+    path = tmp_path / "preact.json"
+    argv = ["bench", "--train", "--workload", "cifar-preact", "--steps", "1", "--warmup", "1",
+            "--batch-size", "2", "--attack-steps", "1", "--variants", "eager", "--quiet",
+            "--json", str(path)]  # fmt: skip
+    assert cli.main(argv) == 0
+    result = json.loads(path.read_text())
+    cfg = result["config"]
+    assert (cfg["model"], cfg["optimizer"], tuple(cfg["image_shape"])) == (
+        "preact-resnet18", "sgd", (3, 32, 32))  # fmt: skip
+    check_measured(result["variants"]["eager"], steps=1)
+    spec = bench_train.WORKLOADS["cifar-preact"]["config"]
+    assert (spec["batch_size"], spec["attack_steps"]) == (128, 10)

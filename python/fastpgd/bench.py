@@ -63,12 +63,28 @@ def _resnet():
     return SmallResNet()
 
 
+def _preact():
+    from fastpgd.models import PreActResNet18
+
+    return PreActResNet18(num_classes=10)
+
+
 WORKLOADS = {
     "madry-mnist": dict(
         model=_madry, shape=(1, 28, 28), batch_size=50, eps=0.3, alpha=0.01, steps=40, classes=10
     ),
     "cifar": dict(
         model=_resnet,
+        shape=(3, 32, 32),
+        batch_size=128,
+        eps=8 / 255,
+        alpha=2 / 255,
+        steps=10,
+        classes=10,
+    ),
+    # The CIFAR-10 setting most adversarial-training papers report (Rice et al., 2020).
+    "cifar-preact": dict(
+        model=_preact,
         shape=(3, 32, 32),
         batch_size=128,
         eps=8 / 255,

@@ -56,6 +56,17 @@ WORKLOADS: dict[str, dict] = {
             optimizer="adam", lr=1e-4, weight_decay=0.0, augment=False,
         ),
     ),
+    # Rice et al.'s CIFAR-10 recipe: PreAct ResNet-18, batch 128, PGD-10 at 8/255 with steps of
+    # 2/255, SGD with momentum and weight decay, crops and flips on the device.
+    "cifar-preact": dict(
+        channels=3,
+        image_size=32,
+        config=dict(
+            model="preact-resnet18", batch_size=128, attack_steps=10, eps=8 / 255,
+            alpha=2 / 255, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+            augment=True,
+        ),
+    ),
 }  # fmt: skip
 
 # Asks for the faster graph mode of this run (see _graph_mode_for).
@@ -334,7 +345,7 @@ def describe_workload(config: dict) -> str:
 def format_train_table(result: dict) -> str:
     """The training-step benchmark as a text table: per variant its median and p95 step, the
     phases inside it, the ratio to eager and the projected minutes of 100,000 steps."""
-    from fastpgd.timers import _format_table
+    from fastpgd._table import format_table
 
     cfg, machine = result["config"], result["machine"]
     where = machine["cpu"] + (f", {machine['gpu']}" if "gpu" in machine else "")
@@ -363,7 +374,7 @@ def format_train_table(result: dict) -> str:
         if r["graph_mode"] == "step":
             notes.append(f"{name}: captured = attack + forward + backward + update, replayed as "
                          "one CUDA graph (not timed apart)")  # fmt: skip
-    lines = [_format_table(title, header, rows).rstrip("\n"), *skipped, *notes]
+    lines = [format_table(header, rows, title=title), *skipped, *notes]
     lines.append(
         "vs eager: eager's median step / the variant's; min / 100k steps: wall clock of the "
         "measured steps, scaled"
