@@ -454,6 +454,7 @@ def test_set_model_and_checked_attributes():
 def test_set_device_and_repr():
     model = MadryCNN(image_size=8)
     atk = PGDL2(model, steps=1)
+    assert atk.device == torch.device("cpu")
     atk.set_device("cpu")
     assert atk(torch.rand(2, 1, 8, 8), torch.arange(2)).device.type == "cpu"
     atk.set_device(None)
@@ -491,6 +492,10 @@ def test_cuda_graph_and_cpu_images_on_a_cuda_model(name):
     x, y = torch.rand(8, 1, 8, 8, generator=_gen(0)), torch.arange(8)
     eager = cls(model, **kw, generator=_gen(1, "cuda"))(x, y)  # CPU batch, as torchattacks allows
     assert eager.device.type == "cuda"
+    parameterless = cls(nn.Flatten())
+    assert parameterless.device.type == "cpu"
+    parameterless.set_device("cuda")
+    assert parameterless.device.type == "cuda"
     atk = cls(model, **kw, cuda_graph=True, generator=_gen(1, "cuda"))
     graphed = atk(x.cuda(), y.cuda())
     # cuDNN may pick other kernels under capture: sign flips of near-zero gradients.

@@ -187,7 +187,13 @@ def _channel_values(call: str, name: str, values) -> torch.Tensor:
 
 
 def _torchattacks_caller() -> str | None:
-    """The torchattacks function that called into this module, if one did."""
+    """The torchattacks function that called into this module, if one did.
+
+    torchattacks' wrappers (MultiAttack, LGV) call their attacks from their own ``forward`` and
+    pass their setters (normalisation, model mode, device) only to ``torchattacks.Attack``
+    instances: a fastpgd attack inside one would run with other settings than the wrapper's,
+    silently. The caller's module is the only sign of that, hence the look at the stack.
+    """
     frame = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back
@@ -250,6 +256,12 @@ class _TorchattacksStylePGD:
     def targeted(self) -> bool:
         """Whether the attack aims at target labels (set by the ``set_mode_targeted_*`` calls)."""
         return self.attack_mode != "default"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the attack runs: the :meth:`set_device` choice, else the model's device (the
+        CPU for a model without parameters or buffers, until images show another)."""
+        return self._run_device(None)
 
     def get_mode(self) -> str:
         """The attack mode: ``"default"``, ``"targeted(label)"``, ``"targeted(custom)"``,
