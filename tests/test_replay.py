@@ -3,6 +3,8 @@ checkpoints, and errors that name the argument."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -224,3 +226,138 @@ def test_empty_batch_is_a_no_op():
     assert memory.gather(idx).shape == (0, *SHAPE)
     memory.scatter(idx, torch.zeros(0, *SHAPE))
     assert memory.fresh(torch.arange(5)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad deltas and bad states
+# ---------------------------------------------------------------------------------------------
+
+
+def _snapshot(memory):
+    state = memory.state_dict()
+    return state["data"], state["written"], state["epoch"], state["resets"]
+
+
+def _same(a, b):
+    return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2:] == b[2:]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["input", "float16", "int8"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_scatter_refuses_a_non_finite_delta_and_writes_nothing(device, dtype, bad):
+    memory = ReplayMemory(6, SHAPE, eps=EPS, dtype=dtype, device=device)
+    memory.scatter(torch.tensor([0, 1]), _deltas(2, device=device))
+    before = _snapshot(memory)
+    delta = _deltas(2, device=device, seed=1)
+    delta[1, 0, 2, 3] = bad
+    with pytest.raises(ValueError, match="delta must be finite, got NaN or inf"):
+        memory.scatter(torch.tensor([1, 4]), delta)
+    assert _same(_snapshot(memory), before)
+    assert memory.fresh(torch.tensor([4])).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["input", "float16", "int8"])
+def test_scatter_projects_each_element_onto_the_eps_box(device, dtype):
+    memory = ReplayMemory(6, SHAPE, eps=EPS, dtype=dtype, device=device)
+    idx = torch.tensor([3, 0, 5, 1])
+    delta = _deltas(4, device=device, seed=2)
+    delta[0] = 3 * EPS  # far outside: clamped to the faces of the box
+    delta[1, 0, 1] = -5 * EPS
+    delta[2, 0, 0, 0] = EPS * (1 + 1e-6)  # an Linf attack's x_adv - x, one rounding over
+    l2 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)).to(device)
+    delta[3] = l2 / l2.norm() * EPS  # on the L2 sphere of radius eps: inside the box already
+    memory.scatter(idx, delta)
+    out = memory.gather(idx)
+    expected = delta.clamp(-EPS, EPS)
+    assert not torch.equal(expected[:3], delta[:3]) and torch.equal(expected[3], delta[3])
+    if dtype == "input":
+        assert torch.equal(out, expected)
+    else:
+        assert (out - expected).abs().max() <= memory.max_error * (1 + 1e-5)
+    assert out.abs().max() <= EPS * (1 + 2**-10)
+
+
+def _valid_state():
+    memory = ReplayMemory(8, SHAPE, eps=EPS, reset_every=3)
+    memory.start_epoch(1)
+    memory.scatter(torch.tensor([0, 5]), _deltas(2))
+    return memory.state_dict()
+
+
+def _with(**changes):
+    def change(state):
+        for key, value in changes.items():
+            if value is _DROP:
+                del state[key]
+            else:
+                state[key] = value(state) if callable(value) else value
+        return state
+
+    return change
+
+
+_DROP = object()
+
+
+def _nan_data(state):
+    data = state["data"].clone()
+    data[0, 0, 0, 0] = math.nan
+    return data
+
+
+def _fresh_row_written(state):
+    data = state["data"].clone()
+    data[3] = 0.1  # entry 3 was never written
+    return data
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (_with(data=_DROP), ValueError, r"state is missing keys \['data'\]"),
+        (_with(epoch=_DROP, resets=_DROP), ValueError, r"missing keys \['epoch', 'resets'\]"),
+        (_with(size=9), ValueError, "state has size=9 but this memory has size=8"),
+        (_with(size="8"), ValueError, "state has size='8'"),
+        (_with(size=torch.tensor(8)), TypeError, r"state\['size'\] must be a plain int"),
+        (_with(shape=[1, 4, 5]), ValueError, "state has shape=.1, 4, 5. but this memory"),
+        (_with(data=lambda s: s["data"].tolist()), TypeError,
+         r"state\['data'\] must be a tensor, got list"),
+        (_with(data=lambda s: s["data"].double()), TypeError,
+         r"state\['data'\] must have dtype torch.float32, got torch.float64"),
+        (_with(data=lambda s: s["data"][:7]), ValueError,
+         r"state\['data'\] must have shape \(8, 1, 4, 4\), got \(7, 1, 4, 4\)"),
+        (_with(written=None), TypeError, r"state\['written'\] must be a tensor"),
+        (_with(written=lambda s: s["written"].to(torch.uint8)), TypeError,
+         r"state\['written'\] must have dtype torch.bool"),
+        (_with(written=lambda s: s["written"][:, None]), ValueError,
+         r"state\['written'\] must have shape \(8,\)"),
+        (_with(epoch="1"), TypeError, r"state\['epoch'\] must be an int, got str"),
+        (_with(epoch=-1), ValueError, r"state\['epoch'\] must be >= 0"),
+        (_with(resets=1.0), TypeError, r"state\['resets'\] must be an int, got float"),
+        (_with(data=_nan_data), ValueError, r"state\['data'\] must be finite"),
+        (_with(data=_fresh_row_written), ValueError,
+         r"non-zero entries that state\['written'\] marks fresh"),
+    ],
+)  # fmt: skip
+def test_load_state_dict_refuses_a_bad_state_and_changes_nothing(change, error, words):
+    memory = ReplayMemory(8, SHAPE, eps=EPS, reset_every=3)
+    memory.start_epoch(2)
+    memory.scatter(torch.tensor([1, 2, 7]), _deltas(3, seed=5))
+    before = _snapshot(memory)
+    with pytest.raises(error, match=words):
+        memory.load_state_dict(change(_valid_state()))
+    assert _same(_snapshot(memory), before)
+    memory.load_state_dict(_valid_state())  # a good state still loads
+    assert memory.epoch == 1 and memory.fresh(torch.arange(8)).tolist() == [
+        False, True, True, True, True, False, True, True
+    ]  # fmt: skip
+
+
+def test_load_state_dict_accepts_a_tuple_shape_and_a_never_started_epoch():
+    state = _valid_state()
+    state["shape"], state["epoch"] = tuple(state["shape"]), None
+    memory = ReplayMemory(8, SHAPE, eps=EPS, reset_every=3)
+    memory.load_state_dict(state)
+    assert memory.epoch is None and torch.equal(memory.data, state["data"])

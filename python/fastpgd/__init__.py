@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from fastpgd._ext import extension_info
 from fastpgd.attack import fused_pgd, reference_pgd
+from fastpgd.pgd_classes import PGD, PGDL2
 from fastpgd.replay import ReplayMemory
 from fastpgd.step import pgd_step_, reference_pgd_step
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
@@ -20,6 +21,8 @@ __all__ = [
     "extension_info",
     "fused_pgd",
     "reference_pgd",
+    "PGD",
+    "PGDL2",
     "pgd_step_",
     "reference_pgd_step",
     "PyStopwatch",

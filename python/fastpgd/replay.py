@@ -21,6 +21,16 @@ _LOCATIONS = ("device", "pinned")
 _STORAGE_NAMES = {"float16": torch.float16, "int8": torch.int8}
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT8_LEVELS = 127  # symmetric: q in [-127, 127], so -eps and +eps are both exact
+# What state_dict() writes and load_state_dict() needs.
+_STATE_KEYS = ("size", "shape", "eps", "storage_dtype", "reset_every", "epoch", "resets", "data",
+               "written")  # fmt: skip
+
+
+def _check_count(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"state['{key}'] must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"state['{key}'] must be >= 0, got {value}")
 
 
 class ReplayMemory:
@@ -39,9 +49,14 @@ class ReplayMemory:
       ``6.1e-5``). Gather is ``index_select`` + one cast; scatter is one cast + ``index_copy_``.
     - ``dtype="int8"``: a quarter of float32. ``q = round(delta / eps * 127)``, clamped to
       ``[-127, 127]``, read back as ``q * eps / 127``: the error is at most ``eps / 254`` per
-      element for ``|delta| <= eps`` (always true under Linf and L2 budgets). Gather is
-      ``index_select``, one cast and one in-place multiply (3 ops); scatter is one multiply,
-      an in-place round, an in-place clamp, one cast and ``index_copy_`` (5 ops).
+      element. Gather is ``index_select``, one cast and one in-place multiply (3 ops); scatter
+      is one multiply, an in-place round, an in-place clamp, one cast and ``index_copy_``
+      (5 ops).
+
+    What is stored: :meth:`scatter` projects each element onto ``[-eps, eps]`` (the Linf ball;
+    a delta from an L2 ball of radius ``eps`` is inside already, since no element exceeds the
+    norm) and refuses a ``delta`` holding NaN or inf with ``ValueError``, before writing
+    anything.
 
     Location: ``"device"`` keeps the entries on ``device`` (gather and scatter are single
     device ops); ``"pinned"`` keeps them in page-locked host memory for datasets whose
@@ -248,8 +263,12 @@ class ReplayMemory:
 
         Args:
             indices (Tensor[B]): distinct integer indices in ``[0, size)``.
-            delta (Tensor[B, *shape]): perturbations in ``input_dtype``, each element within
-                ``[-eps, eps]`` (int8 clamps what lies outside).
+            delta (Tensor[B, *shape]): perturbations in ``input_dtype``, finite. Each element
+                is projected onto ``[-eps, eps]``.
+
+        Raises:
+            ValueError: ``delta`` holds NaN or inf (nothing is written), or the indices repeat
+                or lie outside ``[0, size)``.
         """
         indices = self._check_indices(indices)
         if not isinstance(delta, torch.Tensor):
@@ -265,11 +284,21 @@ class ReplayMemory:
             # index_copy_ keeps an unspecified one of duplicates: refuse rather than guess.
             raise ValueError("indices must be distinct in scatter")
         delta = delta.detach()
+        # Refused, not converted: a non-finite perturbation means the attack diverged, and int8
+        # would store NaN as a plausible 0. Reading the flag on the host waits for the device
+        # on CUDA, but scatter waits there anyway: the copies below (CPU indices to the device;
+        # for "pinned", the values to the host) are synchronous, and device indices are
+        # range-checked on the host.
+        if not bool(torch.isfinite(delta).all()):
+            raise ValueError("delta must be finite, got NaN or inf (did the attack diverge?)")
+        # Projected rather than refused: an Linf attack's x_adv - x can exceed eps by one
+        # rounding, and the memory keeps no norm of its own, only the bound every stored
+        # element obeys (int8 saturates at it by construction).
         if self.storage_dtype == torch.int8:
             q = (delta * (_INT8_LEVELS / self.eps)).round_().clamp_(-_INT8_LEVELS, _INT8_LEVELS)
             values = q.to(torch.int8)
         else:
-            values = delta.to(self.storage_dtype)
+            values = delta.clamp(-self.eps, self.eps).to(self.storage_dtype)
         indices_cpu = indices.cpu()
         self.data.index_copy_(0, indices.to(self.data.device), values.to(self.data.device))
         self.written.index_fill_(0, indices_cpu, True)
@@ -324,12 +353,24 @@ class ReplayMemory:
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned.
 
+        Everything is checked before anything changes: a refused state leaves the memory as it
+        was.
+
         Raises:
-            ValueError: the state comes from a memory of another size, shape, eps, storage
-                dtype or reset period.
+            TypeError: ``state`` is not a dict, or one of its values has the wrong type or
+                dtype.
+            ValueError: keys are missing; the state comes from a memory of another size, shape,
+                eps, storage dtype or reset period; ``data`` or ``written`` has the wrong shape;
+                ``data`` holds NaN or inf, or non-zero entries that ``written`` marks fresh;
+                ``epoch`` or ``resets`` is negative.
         """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(
+                f"state is missing keys {missing}; pass what ReplayMemory.state_dict() returned"
+            )
         ours = {
             "size": self.size,
             "shape": list(self.shape),
@@ -338,22 +379,39 @@ class ReplayMemory:
             "reset_every": self.reset_every,
         }
         for key, value in ours.items():
-            if state.get(key) != value:
+            theirs = state[key]
+            if not isinstance(theirs, (int, float, str, list, tuple)):
+                raise TypeError(
+                    f"state['{key}'] must be a plain {type(value).__name__}, "
+                    f"got {type(theirs).__name__}"
+                )
+            if key == "shape" and isinstance(theirs, tuple):
+                theirs = list(theirs)
+            if theirs != value:
                 raise ValueError(
-                    f"state has {key}={state.get(key)!r} but this memory has {key}={value!r}"
+                    f"state has {key}={state[key]!r} but this memory has {key}={value!r}"
                 )
         data, written = state["data"], state["written"]
-        if data.shape != self.data.shape or data.dtype != self.data.dtype:
-            raise ValueError(
-                f"state data has shape {tuple(data.shape)} and dtype {data.dtype}; "
-                f"expected {tuple(self.data.shape)} and {self.data.dtype}"
-            )
-        if written.shape != self.written.shape or written.dtype != torch.bool:
-            raise ValueError(
-                f"state written flags have shape {tuple(written.shape)}; "
-                f"expected {tuple(self.written.shape)} (bool)"
-            )
+        for key, t, ours_t in (("data", data, self.data), ("written", written, self.written)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"state['{key}'] must be a tensor, got {type(t).__name__}")
+            if t.dtype != ours_t.dtype:
+                raise TypeError(f"state['{key}'] must have dtype {ours_t.dtype}, got {t.dtype}")
+            if t.shape != ours_t.shape:
+                raise ValueError(
+                    f"state['{key}'] must have shape {tuple(ours_t.shape)}, got {tuple(t.shape)}"
+                )
+        epoch, resets = state["epoch"], state["resets"]
+        if epoch is not None:
+            _check_count("epoch", epoch)
+        _check_count("resets", resets)
+        if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+            raise ValueError("state['data'] must be finite, got NaN or inf")
+        # gather returns the stored row of a fresh entry: it must be the zeros a reset leaves.
+        fresh = written.to(data.device).logical_not()
+        if bool(data[fresh].ne(0).any()):
+            raise ValueError("state['data'] has non-zero entries that state['written'] marks fresh")
         self.data.copy_(data)
         self.written.copy_(written)
-        self.epoch = state["epoch"]
-        self.resets = int(state["resets"])
+        self.epoch = None if epoch is None else int(epoch)
+        self.resets = int(resets)
