@@ -16,10 +16,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from step_backends import ENTRIES, needs_built, using
+from step_backends import BACKENDS, ENTRIES, needs_built, using
 
 from conftest import needs_cuda
-from fastpgd import pgd_step_
+from fastpgd import pgd_step_, reference_pgd_step
 
 ARG_ORDER = ("x_adv", "grad", "x0", "eps", "alpha", "norm", "clamp")
 
@@ -71,6 +71,11 @@ def _complex(a):
     return torch.complex(a["x_adv"], a["x_adv"])
 
 
+def _imag_of_conj(a):
+    # A real tensor with the negative bit: the imaginary part of a lazily conjugated tensor.
+    return torch.complex(torch.zeros_like(a["x_adv"]), -a["x_adv"]).conj().imag
+
+
 def _bits8(a):
     return torch.zeros(4, 3, dtype=torch.uint8).view(torch.bits8)
 
@@ -112,6 +117,20 @@ CASES = [
         _set("x_adv", lambda a: a["x_adv"][:1].expand(4, 3)),
         ValueError,
         ["x_adv", "contiguous", "strides (0, 1)"],
+    ),
+    (
+        "x_adv_neg_bit",
+        _set("x_adv", lambda a: torch._neg_view(a["x_adv"])),
+        ValueError,
+        ["x_adv", "negative bit", "resolve_neg()"],
+        True,
+    ),
+    (
+        "x_adv_imag_of_conj",
+        _set("x_adv", _imag_of_conj),
+        ValueError,
+        ["x_adv", "negative bit", "resolve_neg()"],
+        True,
     ),
     (
         "x_adv_requires_grad",
@@ -501,3 +520,45 @@ def test_device_mismatch_refused_alike(name):
         assert_untouched()
         errors[backend] = err
     _check_agreement(errors)
+
+
+# --- the negative bit of read-only arguments -------------------------------------------------
+
+
+def _negated_copy(t):
+    """A tensor equal to ``t`` whose negative bit is set (DLPack exports its un-negated data)."""
+    view = torch._neg_view(-t)
+    assert view.is_neg() and torch.equal(view, t)
+    return view
+
+
+def _imag_of_conj_copy(t):
+    view = torch.complex(torch.zeros_like(t), -t).conj().imag
+    assert view.is_neg() and torch.equal(view, t)
+    return view
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize(
+    "name,negate",
+    [
+        ("grad", _negated_copy),
+        ("grad", _imag_of_conj_copy),
+        ("x0", _negated_copy),
+        ("eps", _negated_copy),
+    ],
+)
+def test_negated_read_only_arguments_are_resolved(backend, norm, name, negate):
+    a = _args()
+    a["eps"] = torch.tensor([0.05, 0.1, 0.2, 0.3])
+    a["norm"] = norm
+    expected = reference_pgd_step(
+        a["x_adv"], a["grad"], a["x0"], eps=a["eps"], alpha=0.1, norm=norm
+    )
+    a[name] = negate(a[name])
+    a["alpha"] = 0.1
+    with using(backend):
+        returned = _call_public(a)
+    assert returned is a["x_adv"]
+    torch.testing.assert_close(a["x_adv"], expected, rtol=1e-6, atol=1e-7)

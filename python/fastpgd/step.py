@@ -145,6 +145,20 @@ def _x_adv_needs_no_grad(x_adv) -> None:
         )
 
 
+def _negated_x_adv() -> ValueError:
+    return ValueError(
+        "x_adv has its negative bit set (a lazily negated view, x_adv.is_neg()), which DLPack "
+        "cannot carry: the step would write un-negated values. Call x_adv = x_adv.resolve_neg() "
+        "first (a new tensor) and step that"
+    )
+
+
+def _readable(t: torch.Tensor) -> torch.Tensor:
+    # A read-only argument as the compiled entry can borrow it: the negative bit resolved (DLPack
+    # would drop it), detached where __dlpack__ would refuse it for requiring grad.
+    return t.detach().resolve_neg()
+
+
 def _stream_args(x_adv: torch.Tensor) -> tuple:
     # Without the exchange API the entry cannot ask for the current stream itself: name it, so
     # the kernel runs where the caller's work is queued (never on the legacy default stream).
@@ -171,7 +185,9 @@ def pgd_step_(
     float16/bfloat16 are within one ulp. Inputs must be contiguous; ``x_adv`` must not overlap
     ``grad``, ``x0`` or ``eps``. On CUDA it runs on the current stream, and per-sample ``eps``
     values are not checked (that would need a device sync). Tensors are torch tensors (convert
-    other DLPack producers with ``torch.from_dlpack``).
+    other DLPack producers with ``torch.from_dlpack``). Lazily negated views
+    (``t.is_neg()``, e.g. ``c.conj().imag``) are resolved (copied) for ``grad``, ``x0`` and
+    ``eps``, and refused for ``x_adv``, since DLPack cannot carry the negative bit.
 
     Args:
         x_adv (Tensor[N, ...]): the current adversarial example, updated in place. Must not
@@ -204,7 +220,7 @@ def pgd_step_(
             torch.ops.fastpgd.pgd_step_(x_adv, grad, x0, eps_value, alpha, norm, clamp)
         return x_adv
     # Settled here, the same for both backends: torch tensors only, and what DLPack cannot carry
-    # (requires_grad through __dlpack__). Every other check is the entry's.
+    # (the negative bit; requires_grad through __dlpack__). Every other check is the entry's.
     if not isinstance(x_adv, _Tensor):
         if _step_args.is_tensor_like(x_adv):
             raise _step_args.not_torch(x_adv, "x_adv")
@@ -215,19 +231,21 @@ def pgd_step_(
         _x_adv_needs_no_grad(x_adv)
         if _NO_EXCHANGE_API:
             x = x_adv.detach()  # shares the storage and the version counter
+    if x_adv.is_neg():
+        raise _negated_x_adv()
     if isinstance(grad, _Tensor):
-        if _NO_EXCHANGE_API and grad.requires_grad:
-            grad = grad.detach()
+        if grad.is_neg() or _NO_EXCHANGE_API and grad.requires_grad:
+            grad = _readable(grad)
     elif _step_args.is_tensor_like(grad):
         raise _step_args.not_torch(grad, "grad")
     if isinstance(x0, _Tensor):
-        if _NO_EXCHANGE_API and x0.requires_grad:
-            x0 = x0.detach()
+        if x0.is_neg() or _NO_EXCHANGE_API and x0.requires_grad:
+            x0 = _readable(x0)
     elif _step_args.is_tensor_like(x0):
         raise _step_args.not_torch(x0, "x0")
     if isinstance(eps, _Tensor):
-        if _NO_EXCHANGE_API and eps.requires_grad:
-            eps = eps.detach()
+        if eps.is_neg() or _NO_EXCHANGE_API and eps.requires_grad:
+            eps = _readable(eps)
     elif type(eps) is not float and _step_args.is_tensor_like(eps):
         raise _step_args.not_torch(eps, "eps")
     if _NO_EXCHANGE_API:
