@@ -12,6 +12,7 @@ first line: there the first lines must agree.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -495,6 +496,46 @@ def test_raw_entries_agree(edit, edit_args, exc, words):
         assert_untouched()
         errors[name] = err
     _check_agreement(errors)
+
+
+def _tensor_of(dtype):
+    # Some dtypes warn that they are experimental, some cannot be made at all.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.zeros(4, 3, dtype=dtype)
+        except (RuntimeError, TypeError):
+            try:
+                return torch.zeros(4, 3 * dtype.itemsize, dtype=torch.uint8).view(dtype)
+            except (RuntimeError, TypeError):
+                return None
+
+
+MAKEABLE_DTYPES = [
+    dtype
+    for dtype in sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
+    if _tensor_of(dtype) is not None
+]
+
+
+@needs_built
+@pytest.mark.parametrize("name", ["x_adv", "grad", "eps"])
+@pytest.mark.parametrize("dtype", MAKEABLE_DTYPES, ids=str)
+def test_every_dtype_named_alike(dtype, name):
+    # The twin names each torch dtype as the compiled entry names its DLPack export.
+    outcomes = {}
+    for backend, entry in ENTRIES.items():
+        a = _args()
+        a[name] = _tensor_of(dtype)[:, 0] if name == "eps" else _tensor_of(dtype)
+        try:
+            entry(*(a[k] for k in ARG_ORDER))
+        except (TypeError, ValueError) as exc:
+            outcomes[backend] = (type(exc), str(exc).split("\n", 1)[0])
+        else:
+            outcomes[backend] = None
+    assert outcomes["compiled"] == outcomes["python"]
+    if dtype != torch.float32:
+        assert outcomes["python"] is not None and name in outcomes["python"][1]
 
 
 def test_every_argument_has_bad_cases():

@@ -37,11 +37,14 @@ _NARROW_FLOAT_NAMES = {
     for name, (code, bits) in _NARROW_FLOAT_CODES.items()
     if hasattr(torch, name)
 }
-# Tensors whose export DLPack refuses, whatever else holds: the twin asks torch's exporter what it
-# says about them, so that it refuses them with the compiled entry's words.
+# Dtypes torch's DLPack export refuses (bit and quantized types, even as views of plain bytes):
+# the twin asks torch's exporter what it says about them, and refuses them in the same words.
 _UNEXPORTABLE_DTYPES = tuple(
     getattr(torch, name)
-    for name in ("bits1x8", "bits2x4", "bits4x2", "bits8", "bits16")
+    for name in (
+        *("bits1x8", "bits2x4", "bits4x2", "bits8", "bits16"),
+        *("qint8", "quint8", "qint32", "quint4x2", "quint2x4"),
+    )
     if hasattr(torch, name)
 )
 # DLPack device codes of the devices torch exports besides CPU and CUDA (dlpack.h, DLDeviceType).
