@@ -1,4 +1,4 @@
-"""The fused PGD step against its plain-PyTorch reference, and every argument check."""
+"""The fused PGD step against its plain-PyTorch reference; autograd, DLPack and torch.compile."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from step_backends import BACKENDS, using
 
 import fastpgd
+import fastpgd.step
 from conftest import DEVICES, EXT, needs_ext
 from fastpgd import pgd_step_, reference_pgd_step
 
@@ -124,7 +126,7 @@ def test_linf_nan_bounds_propagate(device, clamp):
         expected = reference_pgd_step(x0, grad, x0, eps=eps, alpha=0.1, clamp=clamp)
         torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
         assert out.isnan().tolist() == expected.isnan().tolist()
-        assert out[1].isnan() and out[0] == pytest.approx(0.6)
+        assert math.isnan(out[1].item()) and out[0].item() == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -225,142 +227,93 @@ def test_conversions_exhaustive(name):
     assert torch.equal(narrow[~pnan].view(torch.int16), expected[~pnan].view(torch.int16))
 
 
-# --- argument checks --------------------------------------------------------------------------
+# --- arguments (the bad ones: tests/test_step_boundary.py) -------------------------------------
 
 
 def _good(dtype=torch.float32):
     return _inputs((4, 3), dtype, "cpu", seed=9)
 
 
-def _call(kind):
-    x_adv, grad, x0 = _good()
-    kw = {"eps": 0.3, "alpha": 0.01}
-    cases = {
-        "grad_shape": lambda: pgd_step_(x_adv, grad[:3], x0, **kw),
-        "x0_shape": lambda: pgd_step_(x_adv, grad, x0.reshape(3, 4), **kw),
-        "grad_dtype": lambda: pgd_step_(x_adv, grad.double(), x0, **kw),
-        "x0_dtype": lambda: pgd_step_(x_adv, grad, x0.half(), **kw),
-        "int_dtype": lambda: pgd_step_(x_adv.int(), grad.int(), x0.int(), **kw),
-        "bool_dtype": lambda: pgd_step_(x_adv > 0, grad > 0, x0 > 0, **kw),
-        "complex_dtype": lambda: pgd_step_(x_adv.cfloat(), grad.cfloat(), x0.cfloat(), **kw),
-        "eps_negative": lambda: pgd_step_(x_adv, grad, x0, eps=-0.1, alpha=0.01),
-        "eps_nan": lambda: pgd_step_(x_adv, grad, x0, eps=math.nan, alpha=0.01),
-        "eps_sample_negative": lambda: pgd_step_(
-            x_adv, grad, x0, eps=torch.tensor([0.1, -0.1, 0.1, 0.1]), alpha=0.01
-        ),
-        "eps_sample_nan": lambda: pgd_step_(
-            x_adv, grad, x0, eps=torch.tensor([0.1, 0.1, math.nan, 0.1]), alpha=0.01
-        ),
-        "eps_length": lambda: pgd_step_(x_adv, grad, x0, eps=torch.full((3,), 0.1), alpha=0.01),
-        "eps_2d": lambda: pgd_step_(x_adv, grad, x0, eps=torch.full((4, 1), 0.1), alpha=0.01),
-        "eps_dtype": lambda: pgd_step_(
-            x_adv, grad, x0, eps=torch.full((4,), 0.1, dtype=torch.float64), alpha=0.01
-        ),
-        "eps_str": lambda: pgd_step_(x_adv, grad, x0, eps="0.3", alpha=0.01),
-        "alpha_nan": lambda: pgd_step_(x_adv, grad, x0, eps=0.3, alpha=math.nan),
-        "alpha_inf": lambda: pgd_step_(x_adv, grad, x0, eps=0.3, alpha=math.inf),
-        "alpha_tensor": lambda: pgd_step_(x_adv, grad, x0, eps=0.3, alpha=torch.tensor(0.1)),
-        "clamp_order": lambda: pgd_step_(x_adv, grad, x0, **kw, clamp=(1.0, 0.0)),
-        "clamp_nan": lambda: pgd_step_(x_adv, grad, x0, **kw, clamp=(math.nan, 1.0)),
-        "clamp_type": lambda: pgd_step_(x_adv, grad, x0, **kw, clamp=1.0),
-        "clamp_len": lambda: pgd_step_(x_adv, grad, x0, **kw, clamp=(0.0, 1.0, 2.0)),
-        "norm_unknown": lambda: pgd_step_(x_adv, grad, x0, **kw, norm="l1"),
-        "norm_type": lambda: pgd_step_(x_adv, grad, x0, **kw, norm=2),
-        "grad_not_tensor": lambda: pgd_step_(x_adv, [[0.0] * 3] * 4, x0, **kw),
-        "x_adv_not_tensor": lambda: pgd_step_(None, grad, x0, **kw),
-        "x_adv_noncontig": lambda: pgd_step_(
-            x_adv.t(), grad.t().contiguous(), x0.t().contiguous(), **kw
-        ),
-        "grad_noncontig": lambda: pgd_step_(
-            x_adv.t().contiguous(), grad.t(), x0.t().contiguous(), **kw
-        ),
-        "requires_grad_leaf": lambda: pgd_step_(x_adv.requires_grad_(), grad, x0, **kw),
-    }
-    return x_adv, cases[kind]
-
-
-ERRORS = [
-    ("grad_shape", ValueError, ["grad", "same shape", "x_adv"]),
-    ("x0_shape", ValueError, ["x0", "same shape"]),
-    ("grad_dtype", TypeError, ["grad", "same dtype"]),
-    ("x0_dtype", TypeError, ["x0", "same dtype"]),
-    ("int_dtype", TypeError, ["x_adv", "floating-point"]),
-    ("bool_dtype", TypeError, ["x_adv", "floating-point"]),
-    ("complex_dtype", TypeError, ["x_adv", "floating-point"]),
-    ("eps_negative", ValueError, ["eps", ">= 0"]),
-    ("eps_nan", ValueError, ["eps", "NaN"]),
-    ("eps_sample_negative", ValueError, ["eps", ">= 0"]),
-    ("eps_sample_nan", ValueError, ["eps", "NaN"]),
-    ("eps_length", ValueError, ["eps", "one value per sample"]),
-    ("eps_2d", ValueError, ["eps", "1-D"]),
-    ("eps_dtype", TypeError, ["eps", "same dtype"]),
-    ("eps_str", TypeError, ["eps"]),
-    ("alpha_nan", ValueError, ["alpha", "finite"]),
-    ("alpha_inf", ValueError, ["alpha", "finite"]),
-    ("alpha_tensor", TypeError, ["alpha", "real number"]),
-    ("clamp_order", ValueError, ["clamp", "lo <= hi"]),
-    ("clamp_nan", ValueError, ["clamp", "NaN"]),
-    ("clamp_type", TypeError, ["clamp", "pair"]),
-    ("clamp_len", TypeError, ["clamp", "pair"]),
-    ("norm_unknown", ValueError, ["norm", "'l1'"]),
-    ("norm_type", TypeError, ["norm", "str"]),
-    ("grad_not_tensor", TypeError, ["grad", "tensor"]),
-    ("x_adv_not_tensor", TypeError, ["x_adv", "tensor"]),
-    ("x_adv_noncontig", ValueError, ["x_adv", "contiguous"]),
-    ("grad_noncontig", ValueError, ["grad", "contiguous"]),
-    ("requires_grad_leaf", ValueError, ["x_adv", "requires grad"]),
-]
-
-
-@pytest.mark.parametrize("kind,exc,words", ERRORS, ids=[e[0] for e in ERRORS])
-def test_bad_input(kind, exc, words):
-    x_adv, call = _call(kind)
-    before = x_adv.detach().clone()
-    with pytest.raises(exc) as info:
-        call()
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
-    assert torch.equal(x_adv.detach(), before)
-
-
-def test_requires_grad_allowed_under_no_grad_and_for_inputs():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_requires_grad_allowed_under_no_grad_and_for_inputs(backend):
     x_adv, grad, x0 = _good()
     expected = reference_pgd_step(x_adv, grad, x0, eps=0.3, alpha=0.01)
     x_adv.requires_grad_()
     grad.requires_grad_()
     x0.requires_grad_()
-    with torch.no_grad():
+    with torch.no_grad(), using(backend):
         pgd_step_(x_adv, grad, x0, eps=0.3, alpha=0.01)
     _exact(x_adv.detach(), expected)
 
 
-def test_version_counter_bumped():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_version_counter_bumped(backend):
     x_adv, grad, x0 = _good()
     v = x_adv._version
-    pgd_step_(x_adv, grad, x0, eps=0.3, alpha=0.01)
+    with using(backend):
+        pgd_step_(x_adv, grad, x0, eps=0.3, alpha=0.01)
     assert x_adv._version > v
 
 
-@needs_ext
-@pytest.mark.parametrize("which", ["grad", "x0", "eps", "same"])
-def test_overlap_rejected(which):
-    buf = torch.rand(4 * 3 * 2 + 1)
-    x_adv = buf[:12].view(4, 3)
-    other = buf[6:18].view(4, 3)  # overlaps x_adv's second half
-    grad, x0 = torch.randn(4, 3), torch.rand(4, 3)
-    eps = 0.3
-    if which == "grad":
-        grad = other
-    elif which == "x0":
-        x0 = other
-    elif which == "eps":
-        eps = buf[10:14]
+def _recording_entry(monkeypatch, stream=None):
+    """Replace the step's entry by a recorder of its arguments; with ``stream``, act as on torch
+    < 2.10, where the entry exports through __dlpack__ and must be told the CUDA stream."""
+    calls = []
+    monkeypatch.setattr(fastpgd.step, "_pgd_step_entry", lambda *args: calls.append(args))
+    if stream is not None:
+        monkeypatch.setattr(fastpgd.step, "_NO_EXCHANGE_API", True)
+        monkeypatch.setattr(fastpgd.step, "_stream_args", lambda x_adv: (stream,))
+    return calls
+
+
+def test_without_exchange_api_tensors_requiring_grad_reach_the_entry_detached(monkeypatch):
+    # __dlpack__ refuses a tensor that requires grad; under no_grad x_adv may require it, and
+    # grad, x0 and eps may always.
+    calls = _recording_entry(monkeypatch, stream=7)
+    x_adv, grad, x0 = (t.requires_grad_() for t in _good())
+    eps = torch.full((4,), 0.3, requires_grad=True)
+    with torch.no_grad():
+        assert pgd_step_(x_adv, grad, x0, eps=eps, alpha=0.01) is x_adv
+    (args,) = calls
+    assert [t.requires_grad for t in (*args[:4],)] == [False] * 4
+    assert [t.data_ptr() for t in args[:4]] == [t.data_ptr() for t in (x_adv, grad, x0, eps)]
+    assert args[4:] == (0.01, "linf", (0.0, 1.0), 7)
+
+
+@pytest.mark.parametrize("eps", [0.3, torch.full((4,), 0.3)], ids=["pgd_step_", "pgd_step_eps_"])
+def test_custom_ops_tell_the_entry_the_stream_as_eager_does(monkeypatch, eps):
+    # Under torch.compile the step runs as a custom op; on torch < 2.10 its kernel must name the
+    # current CUDA stream as the eager path does, or the kernel runs on the legacy default stream.
+    calls = _recording_entry(monkeypatch, stream=12345)
+    x_adv, grad, x0 = _good()
+    op = (
+        torch.ops.fastpgd.pgd_step_eps_
+        if isinstance(eps, torch.Tensor)
+        else torch.ops.fastpgd.pgd_step_
+    )
+    op(x_adv, grad, x0, eps, 0.01, "l2", None)
+    pgd_step_(x_adv, grad, x0, eps=eps, alpha=0.01, norm="l2", clamp=None)
+    assert len(calls) == 2
+    for args in calls:
+        assert args[0] is x_adv and args[1] is grad and args[2] is x0
+        assert args[4:] == (0.01, "l2", None, 12345)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("per_sample_eps", [False, True], ids=["pgd_step_", "pgd_step_eps_"])
+def test_opcheck(backend, device, norm, per_sample_eps):
+    # torch.library.opcheck: the schema (x_adv is the only input written), fake tensors, autograd
+    # registration and AOT dispatch of both custom ops.
+    x_adv, grad, x0 = (t.to(device) for t in _good())
+    if per_sample_eps:
+        op, eps = torch.ops.fastpgd.pgd_step_eps_, torch.full((4,), 0.3, device=device)
     else:
-        grad = x_adv
-    before = x_adv.clone()
-    with pytest.raises(ValueError, match="must not overlap"):
-        pgd_step_(x_adv, grad, x0, eps=eps, alpha=0.01)
-    assert torch.equal(x_adv, before)
+        op, eps = torch.ops.fastpgd.pgd_step_, 0.3
+    with using(backend):
+        result = torch.library.opcheck(op.default, (x_adv, grad, x0, eps, 0.05, norm, [0.0, 1.0]))
+    assert set(result.values()) == {"SUCCESS"}, result
 
 
 @needs_ext
@@ -395,7 +348,8 @@ def test_cuda_tensor_without_cuda_build_or_mismatched_device():
         pgd_step_(x, x.clone(), x.clone(), eps=0.1, alpha=0.1)
 
 
-def test_compiled_loop_matches_eager():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_loop_matches_eager(backend):
     torch._dynamo.reset()
     x0 = torch.rand(4, 1, 6, 6)
     w = torch.randn(36, 3)
@@ -407,11 +361,35 @@ def test_compiled_loop_matches_eager():
             pgd_step_(x, grad, x0, eps=0.1, alpha=0.03)
         return x
 
-    expected = attack(x0)
-    compiled = torch.compile(attack, backend="aot_eager", fullgraph=True)
-    _exact(compiled(x0), expected)
-    explanation = torch._dynamo.explain(attack)(x0)
+    with using(backend):
+        expected = attack(x0)
+        compiled = torch.compile(attack, backend="aot_eager", fullgraph=True)
+        _exact(compiled(x0), expected)
+        explanation = torch._dynamo.explain(attack)(x0)
     assert explanation.graph_break_count == 0
-    if EXT["backend_in_use"] == "extension":
-        graph_text = "".join(str(g.graph) for g in explanation.graphs)
-        assert "fastpgd.pgd_step_" in graph_text
+    graph_text = "".join(str(g.graph) for g in explanation.graphs)
+    assert "fastpgd.pgd_step_" in graph_text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_step_checks_its_arguments(backend):
+    # Under torch.compile the scalars are checked while tracing, the rest when the op runs: the
+    # same errors as in eager mode.
+    torch._dynamo.reset()
+    x_adv, grad, x0 = _good()
+
+    def step(x, eps, alpha):
+        x = x.clone()
+        pgd_step_(x, grad, x0, eps=eps, alpha=alpha)
+        return x
+
+    compiled = torch.compile(step, backend="aot_eager")
+    with using(backend):
+        with pytest.raises(TypeError, match="eps must be a real number, got str"):
+            compiled(x_adv, "0.3", 0.01)
+        with pytest.raises(ValueError, match="alpha must be finite, got nan"):
+            compiled(x_adv, 0.3, math.nan)
+        with pytest.raises(ValueError, match="eps must be >= 0 and not NaN, got -1 for sample 0"):
+            compiled(x_adv, torch.full((4,), -1.0), 0.01)
+        with pytest.raises(ValueError, match="grad must have the same shape as x_adv"):
+            compiled(x_adv[:3], 0.3, 0.01)

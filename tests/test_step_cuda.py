@@ -9,6 +9,8 @@ streams and CUDA-graph capture.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -156,16 +158,118 @@ def test_no_clamp(dtype, norm):
     _check_step(x_adv * 3 - 1, grad, x0 * 3 - 1, eps, norm, clamp=None)
 
 
+def test_sign_of_nan_is_zero_on_both_devices():
+    # The premise of the Linf NaN-gradient behaviour below (and of the reference).
+    nan = torch.tensor([math.nan, -math.nan])
+    assert torch.sign(nan).tolist() == [0.0, 0.0]
+    assert torch.sign(nan.cuda()).tolist() == [0.0, 0.0]
+
+
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_nan_gradient_propagates(dtype, norm):
+def test_nan_gradient(dtype, norm):
     x_adv, grad, x0, eps = _make_inputs((4, 37), dtype, norm, per_sample_eps=False)
     grad[1, 5] = float("nan")
     out = _check_step(x_adv, grad, x0, eps, norm)
     if norm == "linf":
-        assert torch.isnan(out).sum() == 1 and torch.isnan(out[1, 5])
+        # sign(NaN) = 0, as in the reference: that element takes no step, nothing becomes NaN.
+        zero = grad.clone()
+        zero[1, 5] = 0.0
+        _assert_exact(out, _check_step(x_adv, zero, x0, eps, norm))
+        assert not torch.isnan(out).any()
     else:  # the norm of sample 1 is NaN, and so is all of sample 1
         assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2, 3]]).any()
+
+
+# Non-finite inputs, one case at a time: (name, {argument: value at element [1, 5]}, eps, clamp).
+# A tensor eps puts its value at sample 1.
+INF, NAN = math.inf, math.nan
+SPECIAL_CASES = [
+    *[
+        (f"{arg}_{name}", {arg: value}, None, (0.0, 1.0))
+        for arg in ("x_adv", "grad", "x0")
+        for name, value in (("nan", NAN), ("inf", INF), ("neg_inf", -INF))
+    ],
+    ("eps_inf", {}, INF, (0.0, 1.0)),
+    ("eps_sample_inf", {}, "sample_inf", (0.0, 1.0)),
+    ("x0_inf_eps_inf", {"x0": INF}, INF, (0.0, 1.0)),
+    ("x0_neg_inf_eps_inf", {"x0": -INF}, INF, None),
+    ("clamp_unbounded", {"x_adv": INF}, None, (-INF, INF)),
+    ("clamp_lo_only", {"x_adv": -INF}, None, (0.0, INF)),
+    ("clamp_hi_only", {"x_adv": INF}, None, (-INF, 1.0)),
+    ("no_clamp_grad_inf", {"grad": INF}, None, None),
+]
+
+
+def _special_inputs(dtype, norm, specials, eps):
+    """CPU inputs (4 samples of 37) with the special values placed; the eps to pass."""
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(4, 37, generator=gen, dtype=torch.float64)
+    x_adv = (x0 + 0.02 * torch.randn(4, 37, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    grad = torch.randn(4, 37, generator=gen, dtype=torch.float64)
+    tensors = {"x_adv": x_adv, "grad": grad, "x0": x0}
+    for name, value in specials.items():
+        tensors[name][1, 5] = value
+    if eps is None:
+        eps = STEP[norm]["eps"]
+    elif eps == "sample_inf":
+        eps = torch.tensor([STEP[norm]["eps"], INF, 0.0, 2 * STEP[norm]["eps"]], dtype=dtype)
+    return [tensors[k].to(dtype) for k in ("x_adv", "grad", "x0")], eps
+
+
+def _assert_kernels_agree(cpu, cuda, dtype, norm):
+    """The CUDA result against the CPU result: NaN and infinities at the same places; the finite
+    values bit for bit (Linf float32/float64), within one ulp (float16/bfloat16), or within the
+    L2 tolerance (norms summed in another order)."""
+    assert torch.equal(torch.isnan(cuda), torch.isnan(cpu)), "NaN positions differ"
+    assert torch.equal(cuda == INF, cpu == INF) and torch.equal(cuda == -INF, cpu == -INF)
+    if dtype in (torch.float16, torch.bfloat16):
+        _assert_within_one_ulp(cuda, cpu)
+    elif norm == "linf":
+        _assert_exact(cuda, cpu)
+    else:
+        finite = torch.isfinite(cpu)
+        if finite.any():
+            _assert_rel(
+                cuda[finite], cpu[finite].double(), 1e-6 if dtype == torch.float32 else 1e-12
+            )
+
+
+@pytest.mark.parametrize("case", SPECIAL_CASES, ids=[c[0] for c in SPECIAL_CASES])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_and_cuda_kernels_agree_on_non_finite_inputs(dtype, norm, case):
+    _, specials, eps, clamp = case
+    (x_adv, grad, x0), eps = _special_inputs(dtype, norm, specials, eps)
+    alpha = STEP[norm]["alpha"]
+    out_cpu = x_adv.clone()
+    fastpgd.pgd_step_(out_cpu, grad, x0, eps=eps, alpha=alpha, norm=norm, clamp=clamp)
+    cuda_eps = eps.cuda() if isinstance(eps, torch.Tensor) else eps
+    out_cuda = x_adv.cuda()
+    fastpgd.pgd_step_(
+        out_cuda, grad.cuda(), x0.cuda(), eps=cuda_eps, alpha=alpha, norm=norm, clamp=clamp
+    )
+    _assert_kernels_agree(out_cpu, out_cuda.cpu(), dtype, norm)
+
+
+@pytest.mark.parametrize("value", [NAN, -0.5], ids=["nan", "negative"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_bad_per_sample_eps_refused_on_cpu_computed_on_cuda(dtype, norm, value):
+    # Checking a CUDA tensor's values would cost a device sync: there the step computes what
+    # the reference computes (NaN, or an inverted ball), where the CPU refuses.
+    (x_adv, grad, x0), _ = _special_inputs(dtype, norm, {}, None)
+    eps = torch.tensor([0.03, value, 0.03, 0.03], dtype=dtype)
+    before = x_adv.clone()
+    with pytest.raises(ValueError, match="eps must be >= 0 and not NaN, got .* for sample 1"):
+        fastpgd.pgd_step_(x_adv, grad, x0, eps=eps, alpha=0.02, norm=norm)
+    assert torch.equal(x_adv, before)
+    x_adv, grad, x0, eps = (t.cuda() for t in (x_adv, grad, x0, eps))
+    expected = fastpgd.reference_pgd_step(x_adv, grad, x0, eps=eps, alpha=0.02, norm=norm)
+    fastpgd.pgd_step_(x_adv, grad, x0, eps=eps, alpha=0.02, norm=norm)
+    assert torch.equal(torch.isnan(x_adv), torch.isnan(expected))
+    if norm == "linf":
+        _assert_exact(x_adv, expected)
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (4, 0)])
@@ -191,6 +295,36 @@ def test_runs_on_current_stream(norm):
         torch.cuda._sleep(100_000_000)
         buf.copy_(x_adv)
         fastpgd.pgd_step_(buf, grad, x0, eps=eps, alpha=alpha, norm=norm)
+    torch.cuda.current_stream().wait_stream(side)
+    if norm == "linf":
+        _assert_exact(buf, expected)
+    else:
+        _assert_rel(buf, expected.double(), 1e-6)
+
+
+@pytest.mark.parametrize("per_sample_eps", [False, True], ids=["eps", "eps_per_sample"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_compiled_step_runs_on_current_stream(norm, per_sample_eps):
+    # Under torch.compile the step is a custom op: its kernel must also launch on the current
+    # stream (on torch < 2.10 the Python side names it; newer torch tells the extension itself).
+    x_adv, grad, x0, eps = _make_inputs((50, 1, 28, 28), torch.float32, norm, per_sample_eps)
+    alpha = STEP[norm]["alpha"]
+    expected = fastpgd.reference_pgd_step(x_adv, grad, x0, eps=eps, alpha=alpha, norm=norm)
+
+    def step(buf):
+        fastpgd.pgd_step_(buf, grad, x0, eps=eps, alpha=alpha, norm=norm)
+        return buf
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    compiled(x_adv.clone())  # compile before the timed part
+    buf = torch.zeros_like(x_adv)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)
+        buf.copy_(x_adv)
+        compiled(buf)
     torch.cuda.current_stream().wait_stream(side)
     if norm == "linf":
         _assert_exact(buf, expected)

@@ -1,4 +1,5 @@
-"""Fuzzing the extension boundary: only TypeError/ValueError escape, and x_adv is untouched."""
+"""Fuzzing the step's boundary: only TypeError/ValueError escape, x_adv is untouched when one
+does, and both backends (the compiled entry and its pure-PyTorch twin) agree on every input."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from step_backends import needs_built, using
 
 import fastpgd
 from conftest import needs_ext
@@ -27,12 +29,9 @@ DTYPES = [
 shapes = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
 
 
-@st.composite
-def tensors(draw):
-    shape = draw(shapes)
-    dtype = draw(st.sampled_from(DTYPES))
-    t = torch.zeros(shape, dtype=torch.float64).uniform_(-2, 2).to(dtype)
-    layout = draw(st.sampled_from(["plain", "transposed", "sliced", "offset", "expanded"]))
+def _tensor(shape, dtype, layout, seed):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.zeros(shape, dtype=torch.float64).uniform_(-2, 2, generator=gen).to(dtype)
     if layout == "transposed" and t.dim() >= 2:
         t = t.transpose(0, 1)
     elif layout == "sliced" and t.dim() >= 1:
@@ -42,6 +41,19 @@ def tensors(draw):
     elif layout == "expanded" and t.dim() >= 1:
         t = t[:1].expand(t.shape)
     return t
+
+
+@st.composite
+def tensors(draw):
+    return _tensor(*draw(tensor_recipes))
+
+
+tensor_recipes = st.tuples(
+    shapes,
+    st.sampled_from(DTYPES),
+    st.sampled_from(["plain", "transposed", "sliced", "offset", "expanded"]),
+    st.integers(0, 2**16),
+)
 
 
 garbage = st.sampled_from(
@@ -101,3 +113,82 @@ def test_public_api_raises_only_type_or_value_errors(x_adv, grad, x0, eps, alpha
 def test_wrong_argument_count():
     with pytest.raises(TypeError, match="positional"):
         fastpgd._ext._C.pgd_step_(torch.zeros(1))
+
+
+# Recipes rather than values: each backend gets its own fresh copy of the same inputs.
+def _fresh(drawn):
+    if isinstance(drawn, tuple) and len(drawn) == 4 and isinstance(drawn[0], tuple):
+        return _tensor(*drawn)
+    return drawn.copy() if isinstance(drawn, np.ndarray) else drawn
+
+
+arg_recipes = st.one_of(tensor_recipes, garbage)
+scalar_recipes = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), garbage, tensor_recipes
+)
+
+
+def _outcome(name, drawn):
+    x_adv, grad, x0, eps, alpha, norm, clamp = (_fresh(d) for d in drawn)
+    with using(name):
+        try:
+            fastpgd.pgd_step_(x_adv, grad, x0, eps=eps, alpha=alpha, norm=norm, clamp=clamp)
+        except (TypeError, ValueError) as exc:
+            return type(exc), str(exc).split("\n", 1)[0], None
+    return None, None, x_adv
+
+
+@needs_built
+@settings(max_examples=300, deadline=None)
+@given(
+    x_adv=arg_recipes,
+    grad=arg_recipes,
+    x0=arg_recipes,
+    eps=scalar_recipes,
+    alpha=scalar_recipes,
+    norm=norms,
+    clamp=clamps,
+)
+def test_backends_agree(x_adv, grad, x0, eps, alpha, norm, clamp):
+    drawn = (x_adv, grad, x0, eps, alpha, norm, clamp)
+    compiled = _outcome("compiled", drawn)
+    python = _outcome("python", drawn)
+    assert compiled[:2] == python[:2]
+    event("stepped" if compiled[0] is None else compiled[0].__name__)
+    if compiled[2] is not None:  # both stepped: the same result, to the kernel's promise
+        torch.testing.assert_close(compiled[2], python[2], equal_nan=True)
+
+
+FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+near_layouts = st.sampled_from(["plain", "plain", "plain", "transposed", "offset"])
+edge_floats = st.one_of(st.floats(-1.0, 2.0), st.sampled_from([math.nan, -math.nan, math.inf]))
+
+
+@st.composite
+def near_valid(draw):
+    """Arguments that are mostly valid (same shape and float dtype, mostly contiguous), so that
+    the backends are compared on the later checks and on results too."""
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple))
+    dtype = draw(st.sampled_from(FLOATS))
+    seed = draw(st.integers(0, 2**16))
+    x_adv, grad, x0 = ((shape, dtype, draw(near_layouts), seed + k) for k in range(3))
+    if draw(st.booleans()):
+        eps = ((shape[0],), dtype, draw(st.sampled_from(["plain", "plain", "sliced"])), seed)
+    else:
+        eps = draw(edge_floats)
+    alpha = draw(edge_floats)
+    norm = draw(st.sampled_from(["linf", "l2"]))
+    clamp = draw(st.none() | st.tuples(edge_floats, edge_floats | st.just(math.inf)))
+    return x_adv, grad, x0, eps, alpha, norm, clamp
+
+
+@needs_built
+@settings(max_examples=300, deadline=None)
+@given(drawn=near_valid())
+def test_backends_agree_near_valid_input(drawn):
+    compiled = _outcome("compiled", drawn)
+    python = _outcome("python", drawn)
+    assert compiled[:2] == python[:2]
+    event("stepped" if compiled[0] is None else compiled[0].__name__)
+    if compiled[2] is not None:
+        torch.testing.assert_close(compiled[2], python[2], equal_nan=True)
