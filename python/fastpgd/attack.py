@@ -617,9 +617,18 @@ def _captured_step(step_fn, o: _PGDOptions, new_graph: Callable):
     count (``None`` with a custom loss)."""
     cache = attack_graph.GRAPH_CACHE
     key = attack_graph.graph_key(
-        step_fn, o.model, o.x, o.y, o.eps, o.alpha, o.norm, o.loss_fn, o.targeted, o.clamp,
+        step_fn,
+        o.model,
+        o.x,
+        o.y,
+        o.eps,
+        o.alpha,
+        o.norm,
+        o.loss_fn,
+        o.targeted,
+        o.clamp,
         o.amp_dtype,
-    )  # fmt: skip
+    )
     entry = cache.get(o.model, key)
     if entry is None:
         classes = _ClassCount(o.label_range) if o.loss_fn is None else None
