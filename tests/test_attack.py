@@ -131,6 +131,20 @@ def test_l2_result_in_ball_and_range(pgd):
     assert x_adv.min() >= 0 and x_adv.max() <= 1
 
 
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_fused_equals_reference():
+    torch.backends.cudnn.deterministic = True
+    try:
+        model = small_cnn().cuda()
+        x, y = batch(device="cuda")
+        a = fused_pgd(model, x, y, eps=0.3, alpha=0.05, steps=4, generator=gen(1, "cuda"))
+        b = reference_pgd(model, x, y, eps=0.3, alpha=0.05, steps=4, generator=gen(1, "cuda"))
+        assert torch.equal(a, b)
+    finally:
+        torch.backends.cudnn.deterministic = False
+
+
 def test_clamp_none_allows_unbounded_inputs():
     model = small_cnn()
     x, y = batch()
