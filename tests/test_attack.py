@@ -131,6 +131,20 @@ def test_l2_result_in_ball_and_range(pgd):
     assert x_adv.min() >= 0 and x_adv.max() <= 1
 
 
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_fused_equals_reference():
+    torch.backends.cudnn.deterministic = True
+    try:
+        model = small_cnn().cuda()
+        x, y = batch(device="cuda")
+        a = fused_pgd(model, x, y, eps=0.3, alpha=0.05, steps=4, generator=gen(1, "cuda"))
+        b = reference_pgd(model, x, y, eps=0.3, alpha=0.05, steps=4, generator=gen(1, "cuda"))
+        assert torch.equal(a, b)
+    finally:
+        torch.backends.cudnn.deterministic = False
+
+
 def test_clamp_none_allows_unbounded_inputs():
     model = small_cnn()
     x, y = batch()
@@ -624,13 +638,13 @@ def test_labels_checked_against_the_models_outputs():
 
 def test_labels_checked_once_per_call_not_per_step(monkeypatch):
     checked = []
-    check = attack_mod._check_labels
+    check = attack_mod._check_label_range
 
-    def spy(labels, num_classes):
+    def spy(label_range, num_classes):
         checked.append(num_classes)
-        check(labels, num_classes)
+        check(label_range, num_classes)
 
-    monkeypatch.setattr(attack_mod, "_check_labels", spy)
+    monkeypatch.setattr(attack_mod, "_check_label_range", spy)
     model = small_cnn()
     x, y = batch()
     fused_pgd(model, x, y, eps=0.3, alpha=0.05, steps=5, restarts=3)
@@ -793,7 +807,8 @@ def test_public_signatures_and_options_agree():
     reference = inspect.signature(reference_pgd).parameters
     builder = inspect.signature(attack_mod._pgd_options).parameters
     fields = [f.name for f in attack_mod._PGDOptions.__dataclass_fields__.values()]
-    assert list(fused) == list(reference) == list(builder) == fields
+    assert list(fused) == list(reference) == list(builder) == fields[:-1]
+    assert fields[-1] == "label_range"  # derived from y, not an argument
     for name, p in fused.items():
         assert (p.default, p.kind) == (reference[name].default, reference[name].kind), name
     assert fused["check_inputs"].default is True

@@ -240,14 +240,14 @@ def test_labels_are_checked_outside_the_graph(cache, monkeypatch):
     x, y = batch()
     graphs = []
     checked = []
-    check = attack_mod._check_labels
+    check = attack_mod._check_label_range
 
-    def spy(labels, num_classes):
+    def spy(label_range, num_classes):
         assert not any(g.inside for g in graphs), "label check inside the captured step"
         checked.append(num_classes)
-        check(labels, num_classes)
+        check(label_range, num_classes)
 
-    monkeypatch.setattr(attack_mod, "_check_labels", spy)
+    monkeypatch.setattr(attack_mod, "_check_label_range", spy)
     kw = dict(eps=0.3, alpha=0.05, steps=2)
     bad = y.clone()
     bad[2] = 10
@@ -263,7 +263,7 @@ def test_labels_are_checked_outside_the_graph(cache, monkeypatch):
         _graphed(pgd_step_, model, x, bad, graphs, **kw)
     assert checked == [10, 10, 10]
     _graphed(pgd_step_, model, x, y, graphs, check_inputs=False, **kw)
-    assert checked == [10, 10, 10]  # check_inputs=False: no check, no sync
+    assert checked == [10, 10, 10]  # check_inputs=False: no check
 
 
 # ---------------------------------------------------------------------------------------------

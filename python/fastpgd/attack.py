@@ -188,6 +188,9 @@ class _PGDOptions:
     cuda_graph: bool
     track_best: bool
     check_inputs: bool
+    # (min, max) of the labels, read with the other value checks; checked against the class
+    # count on the first forward pass. None with a custom loss or check_inputs=False.
+    label_range: tuple[int, int] | None = None
 
 
 def _pgd_options(
@@ -267,10 +270,15 @@ def _pgd_options(
     # The fused kernel reads dense row-major memory and ignores a negative-bit view's flag:
     # one copy here for strided or negative-bit inputs, none otherwise.
     x0 = x.detach().resolve_neg().contiguous()
-    if clamp is not None and check_inputs:
-        _check_in_range(x0, clamp)
     if delta_init is not None:
         delta_init = _check_delta_init(delta_init, x0, check_inputs)
+    # The ranges of x and of the labels are both queued before either is read: the call waits
+    # for the device once, before its first forward pass rather than inside the loop.
+    x_range = torch.aminmax(x0) if check_inputs and clamp is not None and x0.numel() else None
+    y_range = torch.aminmax(y) if check_inputs and loss_fn is None and y.numel() else None
+    if x_range is not None:
+        _check_in_range(x_range[0].item(), x_range[1].item(), clamp)
+    label_range = None if y_range is None else (y_range[0].item(), y_range[1].item())
     return _PGDOptions(
         model=model,
         x=x0,
@@ -292,6 +300,7 @@ def _pgd_options(
         cuda_graph=cuda_graph,
         track_best=track_best,
         check_inputs=check_inputs,
+        label_range=label_range,
     )
 
 
@@ -302,13 +311,17 @@ def _describe(v) -> str:
 
 
 def _check_bool(name: str, value) -> bool:
+    if value is True or value is False:
+        return value
     # A truthy string or tensor would silently flip the attack's behaviour: only real booleans.
-    if not isinstance(value, (bool, np.bool_)):
+    if not isinstance(value, np.bool_):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
 
 
 def _check_count(name: str, value, least: int) -> int:
+    if type(value) is int and value >= least:  # the common case, without the ABC checks
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < least:
@@ -354,6 +367,8 @@ def _check_budget(name: str, value, x: torch.Tensor, check_values: bool):
     A 0-d tensor is read with ``.item()``; a per-sample tensor's values are checked only when
     ``check_values`` (one device sync).
     """
+    if type(value) is float and 0.0 <= value < math.inf:  # the common case, without ABC checks
+        return value
     if isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or value.is_complex():
             raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {value.dtype}")
@@ -386,7 +401,8 @@ def _check_clamp(clamp) -> tuple[float, float] | None:
     if clamp is None:
         return None
     if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2) or not all(
-        isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in clamp
+        type(v) is float or (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)))
+        for v in clamp
     ):
         raise TypeError(f"clamp must be None or a pair of numbers (lo, hi), got {clamp!r}")
     lo, hi = float(clamp[0]), float(clamp[1])
@@ -395,12 +411,9 @@ def _check_clamp(clamp) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _check_in_range(x0: torch.Tensor, clamp: tuple[float, float]) -> None:
-    if not x0.numel():
-        return
+def _check_in_range(xmin: float, xmax: float, clamp: tuple[float, float]) -> None:
+    # Silently clipping a bad input would hide a caller bug.
     lo, hi = clamp
-    # One sync before the loop: silently clipping a bad input would hide a caller bug.
-    xmin, xmax = torch.stack(torch.aminmax(x0)).tolist()
     if math.isnan(xmin) or math.isnan(xmax):
         raise ValueError("x must not hold NaN")
     if not (lo <= xmin and xmax <= hi):
@@ -425,11 +438,9 @@ def _check_delta_init(delta_init, x0: torch.Tensor, check_values: bool) -> torch
     return delta_init.contiguous()
 
 
-def _check_labels(y: torch.Tensor, num_classes: int) -> None:
-    """Raise unless every label is a class index of a model with ``num_classes`` outputs."""
-    if not y.numel():
-        return
-    lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one device sync
+def _check_label_range(label_range: tuple[int, int], num_classes: int) -> None:
+    """Raise unless the labels, from ``label_range[0]`` to ``[1]``, are class indices."""
+    lo, hi = label_range
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi
         raise ValueError(
@@ -443,18 +454,18 @@ class _ClassCount:
 
     The number is known only after a forward pass, and torch's cross-entropy reports an
     out-of-range label without naming it (on CUDA as a device-side assert that ruins the
-    context). So the first forward of a call, before its loss, checks the labels: one aminmax
-    and one host sync per call, not per step.
+    context). So the first forward pass of a call checks the label range, read beforehand with
+    the other value checks, before its loss: a comparison of Python ints, no device access.
     """
 
-    def __init__(self, check: bool):
-        self.check = check
+    def __init__(self, label_range: tuple[int, int] | None):
+        self.label_range = label_range
         self.num_classes: int | None = None
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def __call__(self, logits: torch.Tensor) -> None:
         if self.num_classes is None and logits.dim() >= 2:
-            if self.check:
-                _check_labels(y, logits.shape[-1])
+            if self.label_range is not None:
+                _check_label_range(self.label_range, logits.shape[-1])
             self.num_classes = logits.shape[-1]
 
 
@@ -562,7 +573,7 @@ def _make_step(step_fn, net, o: _PGDOptions, classes: _ClassCount | None) -> Cal
         with autocast():
             logits = net(inp)
             if classes is not None:
-                classes(logits, y)
+                classes(logits)
             loss = loss_of(logits, y)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -606,12 +617,21 @@ def _captured_step(step_fn, o: _PGDOptions, new_graph: Callable):
     count (``None`` with a custom loss)."""
     cache = attack_graph.GRAPH_CACHE
     key = attack_graph.graph_key(
-        step_fn, o.model, o.x, o.y, o.eps, o.alpha, o.norm, o.loss_fn, o.targeted, o.clamp,
+        step_fn,
+        o.model,
+        o.x,
+        o.y,
+        o.eps,
+        o.alpha,
+        o.norm,
+        o.loss_fn,
+        o.targeted,
+        o.clamp,
         o.amp_dtype,
-    )  # fmt: skip
+    )
     entry = cache.get(o.model, key)
     if entry is None:
-        classes = _ClassCount(o.check_inputs) if o.loss_fn is None else None
+        classes = _ClassCount(o.label_range) if o.loss_fn is None else None
         # The cache is weak on the model: its entry must not hold the model strongly. The
         # labels are checked in the first warm-up run, outside the capture.
         one_step = _make_step(step_fn, weakref.proxy(o.model), o, classes)
@@ -622,9 +642,9 @@ def _captured_step(step_fn, o: _PGDOptions, new_graph: Callable):
         cache.put(o.model, key, entry)
     else:
         classes = entry[1]
-        if o.check_inputs and classes is not None and classes.num_classes is not None:
-            # Outside the graph: a sync inside it would break the capture's replays.
-            _check_labels(o.y, classes.num_classes)
+        if o.label_range is not None and classes is not None and classes.num_classes is not None:
+            # Here, not in the step: a replay runs no Python.
+            _check_label_range(o.label_range, classes.num_classes)
     return entry
 
 
@@ -644,13 +664,13 @@ def _pgd(step_fn, o: _PGDOptions, new_graph: Callable = attack_graph.CudaGraph):
     # the Madry CNN (CPU, 10 steps: 0.177 s vs 0.183 s best of 12, within noise).
     model, x0, y, eps, norm, clamp = o.model, o.x, o.y, o.eps, o.norm, o.clamp
     autocast = _autocast(o)
-    classes = _ClassCount(o.check_inputs) if o.loss_fn is None else None
+    classes = _ClassCount(o.label_range) if o.loss_fn is None else None
 
     def final_loss(x_adv):
         with torch.no_grad(), autocast():
             logits = model(x_adv)
             if classes is not None:
-                classes(logits, y)
+                classes(logits)
             return _per_example_loss(o.loss_fn, logits, y)
 
     best_x = None
@@ -761,14 +781,14 @@ _DOC = """{summary}
             Not with ``cuda_graph``. Default: ``False``.
         check_inputs (bool): check the values of the input tensors: ``x`` within ``clamp``
             and not NaN, a per-sample ``eps`` finite and ``>= 0``, ``delta_init`` finite, and
-            (with the default loss, on the first forward pass) the labels within the model's
-            classes. Each check reads the device, a host sync per call. ``False`` skips them
-            all, so that the attack queues its work without waiting for the device (as a
-            training loop wants): the caller vouches for those values, and a bad value gives
-            a wrong result or an error from inside torch. Checks of types, shapes, dtypes,
-            devices and Python numbers always run. Pass ``eps`` and ``alpha`` as Python
-            numbers or ``eps`` as a 1-D tensor: a 0-d tensor is read with ``.item()``.
-            Default: ``True``.
+            (with the default loss) the labels in ``[0, K)``, ``K`` read from the first
+            logits. The values are read on the host before the first forward pass, so there
+            the call waits for the device and the work queued on it. ``False`` skips these
+            checks, so that the attack queues all its work without waiting (as a training
+            loop wants): the caller vouches for those values, and a bad one gives a wrong
+            result or an error from inside torch. Checks of types, shapes, dtypes, devices and
+            Python numbers always run. Pass ``eps`` and ``alpha`` as Python numbers, or
+            ``eps`` as a 1-D tensor: a 0-d tensor is read with ``.item()``. Default: ``True``.
 
     Returns:
         Tensor[N, ...]: the adversarial batch, or ``(x_adv, delta)`` when ``return_delta``.
