@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from attack_common import HostReadError, batch, gen, no_host_reads, small_cnn
 from torch import nn
 
+from attack_common import HostReadError, batch, gen, no_host_reads, small_cnn
 from conftest import DEVICES, needs_cuda
 from fastpgd import attack as attack_mod
 from fastpgd.attack import fused_pgd, per_sample_view, random_delta, reference_pgd

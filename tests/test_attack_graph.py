@@ -14,8 +14,8 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from attack_common import batch, gen, small_cnn
 
+from attack_common import batch, gen, small_cnn
 from conftest import needs_cuda
 from fastpgd import attack as attack_mod
 from fastpgd import attack_graph

@@ -9,12 +9,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from step_backends import BACKENDS, using
 
 import fastpgd
 import fastpgd.step
 from conftest import DEVICES, EXT, needs_ext
 from fastpgd import pgd_step_, reference_pgd_step
+from step_backends import BACKENDS, using
 
 LOW = (torch.float16, torch.bfloat16)
 

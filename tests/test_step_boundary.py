@@ -17,10 +17,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from step_backends import BACKENDS, ENTRIES, needs_built, using
 
 from conftest import needs_cuda
 from fastpgd import pgd_step_, reference_pgd_step
+from step_backends import BACKENDS, ENTRIES, needs_built, using
 
 ARG_ORDER = ("x_adv", "grad", "x0", "eps", "alpha", "norm", "clamp")
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from step_backends import needs_built, using
 
 import fastpgd
 from conftest import needs_ext
+from step_backends import needs_built, using
 
 DTYPES = [
     torch.float32,

@@ -9,9 +9,9 @@ import io
 import numpy as np
 import pytest
 import torch
-from test_cifar import write_archive, write_folder
 
 from fastpgd.trainer import TrainConfig, Trainer, train
+from test_cifar import write_archive, write_folder
 
 # Tiny: batches of 8 from 4+5+6+7+8 = 30 training images; one attack step.
 TINY = dict(dataset="cifar10", batch_size=8, attack_steps=1, eval_steps=1, eval_restarts=1,

@@ -154,11 +154,6 @@ def _uniform(x: torch.Tensor, generator) -> torch.Tensor:
     return u.to(x.dtype)
 
 
-# The former private name of per_sample_view, still imported by fastpgd.trainer (as is
-# _random_delta, the unchecked core of random_delta).
-_per_sample_view = per_sample_view
-
-
 # --------------------------------------------------------------------------------------------
 # Checking the arguments, once per call
 # --------------------------------------------------------------------------------------------
