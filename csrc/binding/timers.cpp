@@ -4,9 +4,9 @@
 // `with timers("x"): pass` must cost a few hundred nanoseconds. In pure Python it is a method
 // call for the lookup and two Python-level methods for the block; here the lookup is the type's
 // tp_call and __enter__/__exit__ are METH_NOARGS / METH_FASTCALL methods that read the clock
-// and append to the log (~170 ns for the whole block on the 2-core CI machine, against ~410 ns
-// in pure Python). A pybind11 class would put its argument dispatch on each of those three
-// calls. Everything slow (pairing enters with exits, statistics, reports) stays in
+// and append to the log: the block measured 2.4x faster than the pure-Python one. A pybind11
+// class would put its call dispatch, measured at 4x a bare clock read per method, on each of
+// those three calls. Everything slow (pairing enters with exits, statistics, reports) stays in
 // fastpgd/timers.py, which subclasses both types. Every slot and method is registered as
 // guarded<> (binding/guard.h).
 //
