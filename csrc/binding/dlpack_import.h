@@ -26,8 +26,12 @@
 
 namespace fastpgd {
 
-[[noreturn]] inline void throw_type_error(const std::string& msg) { throw ArgumentTypeError(msg); }
-[[noreturn]] inline void throw_value_error(const std::string& msg) { throw ArgumentValueError(msg); }
+[[noreturn]] inline void throw_type_error(const std::string& msg) {
+  throw ArgumentTypeError(msg);
+}
+[[noreturn]] inline void throw_value_error(const std::string& msg) {
+  throw ArgumentValueError(msg);
+}
 
 inline std::string type_name(PyObject* obj) { return Py_TYPE(obj)->tp_name; }
 
@@ -170,8 +174,8 @@ class ImportedTensor {
     const Owned method(PyObject_GetAttrString(obj, "__dlpack__"));
     if (method.get() == nullptr) {
       PyErr_Clear();
-      throw_type_error(std::string(name_) + " must be a tensor (an object supporting DLPack), got " +
-                       type_name(obj));
+      throw_type_error(std::string(name_) +
+                       " must be a tensor (an object supporting DLPack), got " + type_name(obj));
     }
     if (lazy_bit_set(obj, "is_neg")) {
       throw_value_error(std::string(name_) +

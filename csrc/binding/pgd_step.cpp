@@ -2,10 +2,10 @@
 // (pgd_step/pgd_step_entry.h) called.
 //
 // pgd_step_ is a METH_FASTCALL function rather than a pybind11 binding: pybind11's dispatch of
-// its seven arguments measured 5x (as py::handle) to 10x (converted to double and str) the cost
-// of this calling convention, in one process on the 2-core CI machine. That is a fixed cost of
-// a few hundred nanoseconds on every step: half again on a small tensor (the whole call is
-// about 0.5 us), a few percent on an MNIST batch (about 8 us on one thread). _cast is a test
+// its seven arguments measured 3-5x (taken as py::handle) to 8-10x (converted to double and
+// str) the cost of this calling convention, in one process on the 2-core CI machine. That is
+// 0.1-0.3 us more on every step: a fifth to a half more on a small tensor (the whole call takes
+// about 0.6 us), a few percent on an MNIST batch (about 8 us on one thread). _cast is a test
 // hook and goes through pybind11.
 #include <Python.h>
 #include <pybind11/pybind11.h>

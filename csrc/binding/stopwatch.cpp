@@ -3,7 +3,7 @@
 // Written against CPython's own protocol (a static PyTypeObject, METH_NOARGS methods, getset
 // properties) rather than as a pybind11 class: lap() is meant to be cheap enough to call around
 // every phase of a training step, and this way it costs about one bare time.perf_counter_ns().
-// A pybind11 method doing the same work (a clock read and a push_back) measured 4x slower, in
+// A pybind11 method doing the same work (a clock read and a push_back) measured 3-4x slower, in
 // one process on the 2-core CI machine: its call dispatch, not the work, would set the cost.
 // pybind11 only registers the type into the module. Every slot and method is registered as
 // guarded<> (binding/guard.h).
