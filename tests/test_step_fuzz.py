@@ -32,7 +32,9 @@ shapes = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
 def _tensor(shape, dtype, layout, seed):
     gen = torch.Generator().manual_seed(seed)
     t = torch.zeros(shape, dtype=torch.float64).uniform_(-2, 2, generator=gen).to(dtype)
-    if layout == "transposed" and t.dim() >= 2:
+    if layout == "negated" and (t.is_floating_point() or t.is_complex()):
+        t = torch._neg_view(t)  # a negative bit that DLPack cannot carry
+    elif layout == "transposed" and t.dim() >= 2:
         t = t.transpose(0, 1)
     elif layout == "sliced" and t.dim() >= 1:
         t = t[::2]
@@ -43,15 +45,41 @@ def _tensor(shape, dtype, layout, seed):
     return t
 
 
+class ViaDunder:
+    """A tensor seen only through ``__dlpack__`` and its lazy-view bits, as torch < 2.10 is."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def __dlpack__(self, **kwargs):
+        return self.tensor.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.tensor.__dlpack_device__()
+
+    def is_neg(self) -> bool:
+        return self.tensor.is_neg()
+
+    def is_conj(self) -> bool:
+        return self.tensor.is_conj()
+
+
+def unwrap(arg):
+    return arg.tensor if isinstance(arg, ViaDunder) else arg
+
+
 @st.composite
 def tensors(draw):
-    return _tensor(*draw(tensor_recipes))
+    t = _tensor(*draw(tensor_recipes))
+    if draw(st.booleans()):
+        return ViaDunder(t)  # the __dlpack__ path rather than PyTorch's C exchange API
+    return t
 
 
 tensor_recipes = st.tuples(
     shapes,
     st.sampled_from(DTYPES),
-    st.sampled_from(["plain", "transposed", "sliced", "offset", "expanded"]),
+    st.sampled_from(["plain", "transposed", "sliced", "offset", "expanded", "negated"]),
     st.integers(0, 2**16),
 )
 
@@ -82,24 +110,28 @@ norms = st.one_of(st.sampled_from(["linf", "l2", "L2", ""]), garbage)
 @settings(max_examples=400, deadline=None)
 @given(x_adv=args, grad=args, x0=args, eps=scalars, alpha=scalars, norm=norms, clamp=clamps)
 def test_boundary_raises_only_type_or_value_errors(x_adv, grad, x0, eps, alpha, norm, clamp):
-    before = x_adv.clone() if isinstance(x_adv, torch.Tensor) else None
+    target = unwrap(x_adv)
+    before = target.clone() if isinstance(target, torch.Tensor) else None
     try:
         fastpgd._ext._C.pgd_step_(x_adv, grad, x0, eps, alpha, norm, clamp)
     except (TypeError, ValueError):
         if before is not None:
-            assert torch.equal(x_adv, before) or (
+            assert torch.equal(target, before) or (
                 before.is_floating_point()
-                and torch.equal(x_adv.isnan(), before.isnan())
-                and torch.equal(x_adv.nan_to_num(), before.nan_to_num())
+                and torch.equal(target.isnan(), before.isnan())
+                and torch.equal(target.nan_to_num(), before.nan_to_num())
             )
         return
-    # It ran: the arguments were valid, so the reference must accept them too.
-    assert isinstance(x_adv, torch.Tensor)
+    # It ran: the arguments were valid tensors, and none came through __dlpack__ as a lazy view.
+    assert isinstance(target, torch.Tensor)
+    for arg in (x_adv, grad, x0, eps):
+        assert not (isinstance(arg, ViaDunder) and arg.tensor.is_neg())
 
 
 @settings(max_examples=150, deadline=None)
 @given(x_adv=args, grad=args, x0=args, eps=scalars, alpha=scalars, norm=norms, clamp=clamps)
 def test_public_api_raises_only_type_or_value_errors(x_adv, grad, x0, eps, alpha, norm, clamp):
+    x_adv, grad, x0, eps = unwrap(x_adv), unwrap(grad), unwrap(x0), unwrap(eps)
     before = x_adv.clone() if isinstance(x_adv, torch.Tensor) else None
     try:
         fastpgd.pgd_step_(x_adv, grad, x0, eps=eps, alpha=alpha, norm=norm, clamp=clamp)

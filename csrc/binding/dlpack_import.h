@@ -6,35 +6,37 @@
 //   2. `obj.__dlpack__(max_version=(1, 0))`: a "dltensor_versioned" capsule (READ_ONLY honoured);
 //   3. `obj.__dlpack__()`: a legacy "dltensor" capsule.
 // Capsules are consumed as the protocol says (renamed "used_*"), and their deleter is called
-// when the import goes out of scope. Every failure becomes a PyError naming the argument.
+// when the import goes out of scope. Every failure becomes an ArgumentTypeError or
+// ArgumentValueError (errors.h) naming the argument.
+//
+// DLPack has no bit for a lazily negated or conjugated view (torch._neg_view(t), t.conj()): such
+// a tensor would arrive as the data before the negation. On the __dlpack__ path, which already
+// makes Python calls, the object's is_neg()/is_conj() are asked and such views refused.
 #pragma once
 
 #include <Python.h>
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
+#include "binding/guard.h"
 #include "dlpack.h"
+#include "errors.h"
 
 namespace fastpgd {
 
-// A Python exception to raise at the boundary: thrown through C++ and set by the entry point.
-struct PyError {
-  PyObject* type;  // borrowed: PyExc_TypeError or PyExc_ValueError
-  std::string message;
-};
-
-[[noreturn]] inline void throw_type_error(std::string msg) {
-  throw PyError{PyExc_TypeError, std::move(msg)};
+[[noreturn]] inline void throw_type_error(const std::string& msg) {
+  throw ArgumentTypeError(msg);
 }
-[[noreturn]] inline void throw_value_error(std::string msg) {
-  throw PyError{PyExc_ValueError, std::move(msg)};
+[[noreturn]] inline void throw_value_error(const std::string& msg) {
+  throw ArgumentValueError(msg);
 }
 
 inline std::string type_name(PyObject* obj) { return Py_TYPE(obj)->tp_name; }
 
-// Turns the pending Python exception into a PyError naming `what`: BufferError (a producer
-// that cannot export) and ValueError become ValueError, anything else TypeError.
+// Turns the pending Python exception into an argument error naming `what`: BufferError (a
+// producer that cannot export) and ValueError become ValueError, anything else TypeError.
 [[noreturn]] inline void rethrow_python_error(const std::string& what) {
   PyObject *type = nullptr, *value = nullptr, *tb = nullptr;
   PyErr_Fetch(&type, &value, &tb);
@@ -102,6 +104,24 @@ inline const DLPackExchangeAPI* exchange_api_for(PyTypeObject* type) {
   return api;
 }
 
+// A strong reference, released on every way out of the scope.
+class Owned {
+ public:
+  explicit Owned(PyObject* p) : p_(p) {}
+  Owned(Owned&& other) noexcept : p_(other.p_) { other.p_ = nullptr; }
+  Owned& operator=(Owned&& other) noexcept {
+    std::swap(p_, other.p_);
+    return *this;
+  }
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
+  ~Owned() { Py_XDECREF(p_); }
+  PyObject* get() const { return p_; }
+
+ private:
+  PyObject* p_;
+};
+
 class ImportedTensor {
  public:
   ImportedTensor() = default;
@@ -151,66 +171,84 @@ class ImportedTensor {
   }
 
   void import_via_dunder(PyObject* obj, uintptr_t cuda_stream) {
-    PyObject* method = PyObject_GetAttrString(obj, "__dlpack__");
-    if (method == nullptr) {
+    const Owned method(PyObject_GetAttrString(obj, "__dlpack__"));
+    if (method.get() == nullptr) {
       PyErr_Clear();
-      throw_type_error(std::string(name_) + " must be a tensor (an object supporting DLPack), got " +
-                       type_name(obj));
+      throw_type_error(std::string(name_) +
+                       " must be a tensor (an object supporting DLPack), got " + type_name(obj));
+    }
+    if (lazy_bit_set(obj, "is_neg")) {
+      throw_value_error(std::string(name_) +
+                        " is a negated view (its negative bit is set), which DLPack cannot carry; "
+                        "call .resolve_neg() first");
+    }
+    if (lazy_bit_set(obj, "is_conj")) {
+      throw_value_error(std::string(name_) +
+                        " is a conjugated view (its conjugate bit is set), which DLPack cannot "
+                        "carry; call .resolve_conj() first");
     }
     // The stream argument says on which stream the consumer will use the data; only CUDA needs
     // it, and 0 is not allowed by the protocol (1 is the legacy default stream).
-    PyObject* kwargs = PyDict_New();
+    const Owned kwargs(PyDict_New());
+    if (kwargs.get() == nullptr) throw PythonErrorAlreadySet();
     bool cuda = false;
-    if (PyObject* dev = PyObject_CallMethod(obj, "__dlpack_device__", nullptr)) {
-      if (PyTuple_Check(dev) && PyTuple_GET_SIZE(dev) == 2) {
-        const long kind = PyLong_AsLong(PyTuple_GET_ITEM(dev, 0));
+    if (const Owned dev{PyObject_CallMethod(obj, "__dlpack_device__", nullptr)}; dev.get()) {
+      if (PyTuple_Check(dev.get()) && PyTuple_GET_SIZE(dev.get()) == 2) {
+        const long kind = PyLong_AsLong(PyTuple_GET_ITEM(dev.get(), 0));
         cuda = kind == kDLCUDA || kind == kDLCUDAManaged;
       }
-      Py_DECREF(dev);
-      PyErr_Clear();
-    } else {
-      PyErr_Clear();
     }
+    PyErr_Clear();
     if (cuda) {
-      PyObject* s = PyLong_FromUnsignedLongLong(cuda_stream == 0 ? 1 : cuda_stream);
-      PyDict_SetItemString(kwargs, "stream", s);
-      Py_DECREF(s);
+      const Owned stream(PyLong_FromUnsignedLongLong(cuda_stream == 0 ? 1 : cuda_stream));
+      if (stream.get() == nullptr || PyDict_SetItemString(kwargs.get(), "stream", stream.get())) {
+        throw PythonErrorAlreadySet();
+      }
     }
-    PyObject* version = Py_BuildValue("(ii)", 1, 0);
-    PyDict_SetItemString(kwargs, "max_version", version);
-    Py_DECREF(version);
-    PyObject* empty = PyTuple_New(0);
-    PyObject* cap = PyObject_Call(method, empty, kwargs);
-    if (cap == nullptr && PyErr_ExceptionMatches(PyExc_TypeError)) {
+    const Owned version(Py_BuildValue("(ii)", 1, 0));
+    if (version.get() == nullptr ||
+        PyDict_SetItemString(kwargs.get(), "max_version", version.get()) != 0) {
+      throw PythonErrorAlreadySet();
+    }
+    const Owned empty(PyTuple_New(0));
+    if (empty.get() == nullptr) throw PythonErrorAlreadySet();
+    Owned cap(PyObject_Call(method.get(), empty.get(), kwargs.get()));
+    if (cap.get() == nullptr && PyErr_ExceptionMatches(PyExc_TypeError)) {
       // A producer older than DLPack 1.0 does not know max_version.
       PyErr_Clear();
-      PyDict_DelItemString(kwargs, "max_version");
-      cap = PyObject_Call(method, empty, kwargs);
+      PyDict_DelItemString(kwargs.get(), "max_version");
+      cap = Owned(PyObject_Call(method.get(), empty.get(), kwargs.get()));
     }
-    Py_DECREF(empty);
-    Py_DECREF(kwargs);
-    Py_DECREF(method);
-    if (cap == nullptr) {
+    if (cap.get() == nullptr) {
       rethrow_python_error(std::string(name_) + " could not be exported through DLPack");
     }
-    if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
+    if (PyCapsule_IsValid(cap.get(), "dltensor_versioned")) {
       versioned_ = static_cast<DLManagedTensorVersioned*>(
-          PyCapsule_GetPointer(cap, "dltensor_versioned"));
-      PyCapsule_SetName(cap, "used_dltensor_versioned");
-      Py_DECREF(cap);
+          PyCapsule_GetPointer(cap.get(), "dltensor_versioned"));
+      PyCapsule_SetName(cap.get(), "used_dltensor_versioned");
       take_versioned();
-    } else if (PyCapsule_IsValid(cap, "dltensor")) {
-      legacy_ = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
-      PyCapsule_SetName(cap, "used_dltensor");
-      Py_DECREF(cap);
+    } else if (PyCapsule_IsValid(cap.get(), "dltensor")) {
+      legacy_ = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.get(), "dltensor"));
+      PyCapsule_SetName(cap.get(), "used_dltensor");
       view_ = legacy_->dl_tensor;
     } else {
-      const std::string got = type_name(cap);
-      Py_DECREF(cap);
       PyErr_Clear();
       throw_type_error(std::string(name_) + ".__dlpack__() did not return a DLPack capsule, got " +
-                       got);
+                       type_name(cap.get()));
     }
+  }
+
+  // True when obj.<method>() returns True: torch's is_neg()/is_conj(). Objects without the
+  // method (numpy arrays), or whose method raises, have no such bit.
+  static bool lazy_bit_set(PyObject* obj, const char* method) {
+    PyObject* result = PyObject_CallMethod(obj, method, nullptr);
+    if (result == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    const bool set = result == Py_True;
+    Py_DECREF(result);
+    return set;
   }
 
   void release() {

@@ -1,9 +1,12 @@
-// fastpgd._C.Stopwatch: the lap stopwatch (stopwatch.h) as a CPython type.
+// fastpgd._C.Stopwatch: the lap stopwatch (stopwatch/stopwatch.h) as a CPython type.
 //
 // Written against CPython's own protocol (a static PyTypeObject, METH_NOARGS methods, getset
-// properties) rather than as a pybind11 class: a pybind11 method call costs about twice a bare
-// time.perf_counter_ns(), and lap() is meant to be cheap enough to call around every phase of
-// a training step. pybind11 only registers the type into the module.
+// properties) rather than as a pybind11 class: lap() is meant to be cheap enough to call around
+// every phase of a training step, and this way it costs about one bare time.perf_counter_ns().
+// A pybind11 method doing the same work (a clock read and a push_back) measured 3-4x slower, in
+// one process on the 2-core CI machine: its call dispatch, not the work, would set the cost.
+// pybind11 only registers the type into the module. Every slot and method is registered as
+// guarded<> (binding/guard.h).
 //
 // Thread safety: with the GIL, a C method that calls no Python code is atomic. Every method
 // therefore reads the clock first (a user clock is Python code and may switch threads) and
@@ -17,8 +20,10 @@
 #include <new>
 
 #include "binding/bindings.h"
+#include "binding/guard.h"
 #include "binding/user_clock.h"
-#include "stopwatch.h"
+#include "clock.h"
+#include "stopwatch/stopwatch.h"
 
 #ifdef Py_GIL_DISABLED
 #define FASTPGD_LOCK(obj) Py_BEGIN_CRITICAL_SECTION(reinterpret_cast<PyObject*>(obj))
@@ -60,18 +65,8 @@ PyObject* stopwatch_error() {
 }
 
 // Strict mode: say what went wrong and what to call instead.
-PyObject* raise_misuse(const char* method, Result r) {
-  const char* msg = "";
-  if (r == Result::kAlreadyRunning) {
-    msg = "start() called while already running; call stop() first, or lap() to record a lap";
-  } else if (std::strcmp(method, "stop") == 0) {
-    msg = r == Result::kNotStarted ? "stop() called before start(); call start() first"
-                                   : "stop() called while stopped; call start() first";
-  } else {
-    msg = r == Result::kNotStarted ? "lap() called before start(); call start() first"
-                                   : "lap() called while stopped; call start() first";
-  }
-  PyErr_SetString(stopwatch_error(), msg);
+PyObject* raise_misuse(LapStopwatch::Call call, Result r) {
+  PyErr_SetString(stopwatch_error(), LapStopwatch::misuse_message(call, r));
   return nullptr;
 }
 
@@ -87,7 +82,7 @@ bool with_now(StopwatchObject* self, Op&& op) {
     FASTPGD_UNLOCK();
   } else {
     FASTPGD_LOCK(self);
-    op(LapStopwatch::now_ns());
+    op(steady_now_ns());
     FASTPGD_UNLOCK();
   }
   return true;
@@ -123,17 +118,18 @@ PyObject* sw_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   return op;
 }
 
-int sw_traverse(PyObject* op, visitproc visit, void* arg) {
+// The GC and deallocation slots call only the C API and destructors: they cannot throw.
+int sw_traverse(PyObject* op, visitproc visit, void* arg) noexcept {
   Py_VISIT(as_sw(op)->clock);
   return 0;
 }
 
-int sw_clear(PyObject* op) {
+int sw_clear(PyObject* op) noexcept {
   Py_CLEAR(as_sw(op)->clock);
   return 0;
 }
 
-void sw_dealloc(PyObject* op) {
+void sw_dealloc(PyObject* op) noexcept {
   PyObject_GC_UnTrack(op);
   sw_clear(op);
   as_sw(op)->core.~LapStopwatch();
@@ -146,7 +142,7 @@ PyObject* sw_start(PyObject* op, PyObject*) {
   StopwatchObject* self = as_sw(op);
   Result r = Result::kOk;
   if (!with_now(self, [&](std::int64_t now) { r = self->core.start(now); })) return nullptr;
-  if (r != Result::kOk && self->strict) return raise_misuse("start", r);
+  if (r != Result::kOk && self->strict) return raise_misuse(LapStopwatch::Call::kStart, r);
   Py_RETURN_NONE;
 }
 
@@ -154,7 +150,7 @@ PyObject* sw_stop(PyObject* op, PyObject*) {
   StopwatchObject* self = as_sw(op);
   Result r = Result::kOk;
   if (!with_now(self, [&](std::int64_t now) { r = self->core.stop(now); })) return nullptr;
-  if (r != Result::kOk && self->strict) return raise_misuse("stop", r);
+  if (r != Result::kOk && self->strict) return raise_misuse(LapStopwatch::Call::kStop, r);
   Py_RETURN_NONE;
 }
 
@@ -163,6 +159,7 @@ PyObject* sw_lap(PyObject* op, PyObject*) {
   Result r = Result::kOk;
   std::int64_t ns = 0;
   bool no_memory = false;
+  // Caught inside: unwinding must not skip the end of a free-threaded build's critical section.
   if (!with_now(self, [&](std::int64_t now) {
         try {
           r = self->core.lap(now, &ns);
@@ -174,7 +171,7 @@ PyObject* sw_lap(PyObject* op, PyObject*) {
   }
   if (no_memory) return PyErr_NoMemory();
   if (r == Result::kOk) return PyFloat_FromDouble(LapStopwatch::to_seconds(ns));
-  if (self->strict) return raise_misuse("lap", r);
+  if (self->strict) return raise_misuse(LapStopwatch::Call::kLap, r);
   Py_RETURN_NONE;
 }
 
@@ -243,7 +240,9 @@ PyObject* sw_exit(PyObject* op, PyObject* const* args, Py_ssize_t nargs) {
   Result r = Result::kOk;
   if (!with_now(self, [&](std::int64_t now) { r = self->core.stop(now); })) return nullptr;
   // Strict mode reports a stop() with nothing running, but never hides the block's own error.
-  if (r != Result::kOk && self->strict && args[0] == Py_None) return raise_misuse("stop", r);
+  if (r != Result::kOk && self->strict && args[0] == Py_None) {
+    return raise_misuse(LapStopwatch::Call::kStop, r);
+  }
   Py_RETURN_FALSE;
 }
 
@@ -295,9 +294,7 @@ PyObject* sw_repr(PyObject* op) {
   n = self->core.size();
   total = self->core.total();
   FASTPGD_UNLOCK();
-  const char* state_name = state == LapStopwatch::State::kRunning   ? "running"
-                           : state == LapStopwatch::State::kStopped ? "stopped"
-                                                                    : "never started";
+  const char* state_name = LapStopwatch::state_name(state);
   // The same text as PyStopwatch.__repr__ ("%.6g" is Python's format(x, ".6g")).
   char total_text[32];
   std::snprintf(total_text, sizeof total_text, "%.6g", LapStopwatch::to_seconds(total));
@@ -308,34 +305,39 @@ PyObject* sw_repr(PyObject* op) {
 }
 
 PyMethodDef sw_methods[] = {
-    {"start", sw_start, METH_NOARGS,
-     "start() -> None\n\nNever started: begin the first lap. Stopped: resume the current lap. "
-     "Running: do nothing (strict: raise StopwatchError)."},
-    {"stop", sw_stop, METH_NOARGS,
-     "stop() -> None\n\nRunning: add the time since the last start()/lap() to the current "
-     "lap and stop. Otherwise: do nothing (strict: raise StopwatchError)."},
-    {"lap", sw_lap, METH_NOARGS,
-     "lap() -> float | None\n\nRunning: record the current lap (its running total plus the "
-     "time since the last start()/lap()), begin the next one, and return the lap in "
-     "seconds. Otherwise: do nothing and return None (strict: raise StopwatchError)."},
-    {"reset", sw_reset, METH_NOARGS,
-     "reset() -> None\n\nAny state: back to never started, laps cleared and memory freed."},
-    {"lap_times", sw_lap_times, METH_NOARGS,
-     "lap_times() -> list[float]\n\nA new list of the recorded laps in seconds."},
-    {"_capacity_bytes", sw_capacity_bytes, METH_NOARGS,
-     "_capacity_bytes() -> int\n\nBytes held for laps, spare capacity included."},
-    {"__enter__", sw_enter, METH_NOARGS, "start(), then return the stopwatch."},
-    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(sw_exit)),
-     METH_FASTCALL, "stop(); exceptions propagate."},
+    guarded_method<sw_start>(
+        "start", METH_NOARGS,
+        "start() -> None\n\nNever started: begin the first lap. Stopped: resume the current lap. "
+        "Running: do nothing (strict: raise StopwatchError)."),
+    guarded_method<sw_stop>(
+        "stop", METH_NOARGS,
+        "stop() -> None\n\nRunning: add the time since the last start()/lap() to the current "
+        "lap and stop. Otherwise: do nothing (strict: raise StopwatchError)."),
+    guarded_method<sw_lap>(
+        "lap", METH_NOARGS,
+        "lap() -> float | None\n\nRunning: record the current lap (its running total plus the "
+        "time since the last start()/lap()), begin the next one, and return the lap in "
+        "seconds. Otherwise: do nothing and return None (strict: raise StopwatchError)."),
+    guarded_method<sw_reset>(
+        "reset", METH_NOARGS,
+        "reset() -> None\n\nAny state: back to never started, laps cleared and memory freed."),
+    guarded_method<sw_lap_times>(
+        "lap_times", METH_NOARGS,
+        "lap_times() -> list[float]\n\nA new list of the recorded laps in seconds."),
+    guarded_method<sw_capacity_bytes>(
+        "_capacity_bytes", METH_NOARGS,
+        "_capacity_bytes() -> int\n\nBytes held for laps, spare capacity included."),
+    guarded_method<sw_enter>("__enter__", METH_NOARGS, "start(), then return the stopwatch."),
+    guarded_method<sw_exit>("__exit__", METH_FASTCALL, "stop(); exceptions propagate."),
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyGetSetDef sw_getset[] = {
-    {"running", sw_get_running, nullptr, "True between start() and stop().", nullptr},
-    {"elapsed", sw_get_elapsed, nullptr,
+    {"running", guarded<sw_get_running>, nullptr, "True between start() and stop().", nullptr},
+    {"elapsed", guarded<sw_get_elapsed>, nullptr,
      "Seconds of the current, unfinished lap so far (0.0 before the first start()).", nullptr},
-    {"total", sw_get_total, nullptr, "Sum of the recorded laps in seconds.", nullptr},
-    {"strict", sw_get_strict, nullptr, "Whether misuse raises StopwatchError.", nullptr},
+    {"total", guarded<sw_get_total>, nullptr, "Sum of the recorded laps in seconds.", nullptr},
+    {"strict", guarded<sw_get_strict>, nullptr, "Whether misuse raises StopwatchError.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
@@ -351,8 +353,8 @@ PyTypeObject StopwatchType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 }  // namespace
 
 void bind_stopwatch(pybind11::module_& m) {
-  sw_as_sequence.sq_length = sw_len;
-  sw_as_number.nb_bool = sw_bool;
+  sw_as_sequence.sq_length = guarded<sw_len>;
+  sw_as_number.nb_bool = guarded<sw_bool>;
 
   StopwatchType.tp_name = "fastpgd._C.Stopwatch";
   StopwatchType.tp_basicsize = sizeof(StopwatchObject);
@@ -379,11 +381,11 @@ void bind_stopwatch(pybind11::module_& m) {
       "    >>> seconds = sw.lap()\n"
       "    >>> len(sw)\n"
       "    1";
-  StopwatchType.tp_new = sw_new;
+  StopwatchType.tp_new = guarded<sw_new>;
   StopwatchType.tp_dealloc = sw_dealloc;
   StopwatchType.tp_traverse = sw_traverse;
   StopwatchType.tp_clear = sw_clear;
-  StopwatchType.tp_repr = sw_repr;
+  StopwatchType.tp_repr = guarded<sw_repr>;
   StopwatchType.tp_methods = sw_methods;
   StopwatchType.tp_getset = sw_getset;
   StopwatchType.tp_as_sequence = &sw_as_sequence;

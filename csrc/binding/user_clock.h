@@ -1,10 +1,13 @@
 // Reading a user clock: a Python callable returning int nanoseconds, as fastpgd.Stopwatch and
-// the timer sections accept for tests (time.perf_counter_ns is the model).
+// the timer sections accept for tests (time.perf_counter_ns is the model). Without one they
+// read steady_now_ns() (clock.h).
 #pragma once
 
 #include <Python.h>
 
 #include <cstdint>
+
+#include "clock.h"
 
 namespace fastpgd {
 
@@ -30,6 +33,15 @@ inline bool read_user_clock(PyObject* clock, std::int64_t* now) {
   if (v == -1 && PyErr_Occurred()) return false;
   *now = static_cast<std::int64_t>(v);
   return true;
+}
+
+// The user clock's reading, or steady_clock's when `clock` is null; false as above.
+inline bool read_clock(PyObject* clock, std::int64_t* now) {
+  if (clock == nullptr) {
+    *now = steady_now_ns();
+    return true;
+  }
+  return read_user_clock(clock, now);
 }
 
 }  // namespace fastpgd

@@ -1,13 +1,18 @@
-// The fused PGD update step: what the CPU and CUDA kernels share.
+// The element math of the fused PGD step, shared by the CPU and CUDA kernels.
 //
-// Semantics (every backend must match fastpgd.reference_pgd_step; see DESIGN.md):
+// Semantics (every backend must match fastpgd.reference_pgd_step in python/fastpgd/step.py),
+// per element, with a = alpha, e = eps, bounds [lo, hi], original input x0, and norms over all
+// non-batch dims of sample i:
 //   Linf: x = x_adv + a*sign(g); x = min(max(x, x0 - e), x0 + e); x = min(max(x, lo), hi)
 //   L2:   x = x_adv + a*g / max(||g_i||, tiny); d = x - x0;
 //         d = d * min(1, e / max(||d_i||, tiny)); x = min(max(x0 + d, lo), hi)
-// Arithmetic happens in `opmath` (float for float16/bfloat16, else the dtype itself), in the
-// same order as the reference chain, and is rounded once on the store. Files that include this
-// header compile with floating-point contraction off, so `a*b + c` never becomes an FMA that the
-// reference chain (separate ops) cannot produce.
+// sign(0) = 0, and NaN propagates as PyTorch's ops propagate it. Arithmetic happens in `opmath`
+// (float for float16/bfloat16, else the dtype itself), in the same order as the reference
+// chain, and is rounded once on the store, so float32/float64 results equal the reference bit
+// for bit. That needs floating-point contraction off: `a*b + c` must not become an FMA, which
+// the reference chain of separate ops cannot produce. CMakeLists.txt compiles every file that
+// includes this header that way (-ffp-contract=off for the C++ files of pgd_step/, --fmad=false
+// for the CUDA kernel); a new includer must be added there.
 #pragma once
 
 #include <cstdint>
@@ -19,29 +24,6 @@
 #endif
 
 namespace fastpgd {
-
-enum class Norm : int { kLinf = 0, kL2 = 1 };
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
-
-// One step over a contiguous batch: `batch` samples of `sample_numel` elements each.
-// Pointers are already validated by the binding (same device, dtype, shape, contiguous,
-// x_adv writable and not overlapping grad/x0).
-struct StepParams {
-  void* x_adv = nullptr;        // updated in place
-  const void* grad = nullptr;   // same shape and dtype as x_adv
-  const void* x0 = nullptr;     // same shape and dtype as x_adv
-  int64_t batch = 0;            // size of dim 0 (1 for a 0-d tensor)
-  int64_t sample_numel = 0;     // elements per sample (product of the non-batch dims)
-  DType dtype = DType::kFloat32;
-  Norm norm = Norm::kLinf;
-  double alpha = 0.0;
-  double eps = 0.0;             // used when eps_per_sample is null
-  const void* eps_per_sample = nullptr;  // `batch` values in `dtype`, on the tensors' device
-  bool has_clamp = true;
-  double lo = 0.0;
-  double hi = 1.0;
-  int device = 0;               // CUDA device ordinal of the tensors (ignored on the CPU)
-};
 
 // The tiny floor of both L2 norms (same value in the reference).
 constexpr double kL2Tiny = 1e-12;
@@ -150,15 +132,5 @@ FASTPGD_HD uint16_t float_to_bf16_bits(float f) {
   if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x0040u);  // quiet NaN
   return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
-
-// Host entry points (defined in cpu/pgd_step_kernel.cpp and cuda/pgd_step_kernel.cu).
-void pgd_step_cpu(const StepParams& p);
-// Element-wise cast between float32 and float16/bfloat16 with the conversions above (tests use it
-// to compare them with torch over every bit pattern). One side must be kFloat32.
-void cast_cpu(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n);
-#ifdef FASTPGD_WITH_CUDA
-// `stream` is the caller's current cudaStream_t (never the legacy default stream).
-void pgd_step_cuda(const StepParams& p, void* stream);
-#endif
 
 }  // namespace fastpgd

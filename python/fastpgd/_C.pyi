@@ -1,12 +1,15 @@
-"""Type stub for the compiled core ``fastpgd._C`` (see csrc/binding/)."""
+"""Type stub for the compiled core ``fastpgd._C`` (see csrc/binding/): every name it exports."""
 
 from collections.abc import Callable
 from types import TracebackType
+from typing import NoReturn
 
 __version__: str
 
 build_info: dict
-"""What this build contains: ``cpu``, ``cuda``, ``cuda_arches``, ``openmp``, ``sanitizers``."""
+"""What this build contains: ``cpu`` (the CPU kernels are linked), ``cpu_clones`` (their
+target_clones levels, best first, ``"default"`` last), ``cpu_clone_in_use`` (the level this CPU
+runs), ``cuda``, ``cuda_arches``, ``openmp``, ``sanitizers``."""
 
 def cuda_device_count() -> int:
     """Number of CUDA devices the extension's own runtime sees (0 without CUDA kernels)."""
@@ -26,6 +29,11 @@ def pgd_step_(
 
 def _cast(src: object, dst: object, /) -> None:
     """Test hook: convert float32 <-> float16/bfloat16 with the kernels' own rounding."""
+
+def _raise_from_cxx(kind: str, /) -> NoReturn:
+    """Test hook: throw the C++ exception ``kind`` (``bad_alloc``, ``runtime_error``,
+    ``type_error``, ``value_error``, ``unknown``) through the boundary every hand-written entry
+    point uses: MemoryError, RuntimeError, TypeError, ValueError, RuntimeError."""
 
 def _set_stopwatch_error(cls: type[RuntimeError]) -> None:
     """Register ``fastpgd.StopwatchError`` as the class strict mode raises."""

@@ -5,7 +5,7 @@ Two parts that meet in one training loop: a low-overhead lap stopwatch
 and a fused, batched PGD attack whose update step is one C++/CUDA kernel.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it
 
 from fastpgd._ext import extension_info
 from fastpgd.attack import fused_pgd, reference_pgd

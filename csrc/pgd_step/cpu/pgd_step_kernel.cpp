@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "pgd_step/pgd_step.h"
+#include "pgd_step/step_params.h"
 
 namespace fastpgd {
 namespace {
@@ -21,11 +22,15 @@ constexpr int64_t kParallelMin = int64_t(1) << 16;
 // Work unit of the parallel loop: large enough to amortize scheduling, small enough to balance.
 constexpr int64_t kChunk = int64_t(1) << 14;
 
-// An AVX2 clone next to the baseline x86-64 one, picked at load time: the loops are plain selects
-// and arithmetic, twice as wide with AVX2.
+// Clones of the innermost loops for x86-64-v4 (AVX-512) and AVX2 next to the baseline x86-64
+// one; the loader's resolver runs the best one the CPU supports. The loops are plain selects
+// and arithmetic, which the wider vector units of each level run in fewer instructions.
+// FASTPGD_CLONE_LEVELS is also what pgd_step_cpu_info() reports, so the two cannot disagree.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FASTPGD_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define FASTPGD_CLONE_LEVELS "arch=x86-64-v4", "avx2", "default"
+#define FASTPGD_CLONES __attribute__((target_clones(FASTPGD_CLONE_LEVELS)))
 #else
+#define FASTPGD_CLONE_LEVELS "default"
 #define FASTPGD_CLONES
 #endif
 
@@ -81,7 +86,7 @@ void for_each_segment(int64_t batch, int64_t n, Fn fn) {
   }
 }
 
-// The innermost loop, a function of its own so that target_clones gives it an AVX2 body (a
+// The innermost loop, a function of its own so that target_clones gives it a body per level (a
 // lambda's body is a separate function that the clones would not cover).
 template <typename D, bool kClamp>
 FASTPGD_CLONES void linf_segment(typename D::S* __restrict x, const typename D::S* __restrict g,
@@ -184,7 +189,23 @@ void dispatch_norm(const StepParams& p) {
   }
 }
 
+// Which clone the loader's resolver picked on this CPU, asked of the resolver itself: function
+// multiversioning dispatches these three bodies by the same rules as the clones above.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target("arch=x86-64-v4"))) const char* clone_in_use() { return "arch=x86-64-v4"; }
+__attribute__((target("avx2"))) const char* clone_in_use() { return "avx2"; }
+__attribute__((target("default"))) const char* clone_in_use() { return "default"; }
+#else
+const char* clone_in_use() { return "default"; }
+#endif
+
+constexpr const char* kCloneLevels[] = {FASTPGD_CLONE_LEVELS};
+
 }  // namespace
+
+CpuKernelInfo pgd_step_cpu_info() {
+  return {kCloneLevels, int(sizeof kCloneLevels / sizeof kCloneLevels[0]), clone_in_use()};
+}
 
 void pgd_step_cpu(const StepParams& p) {
   if (p.batch == 0 || p.sample_numel == 0) return;

@@ -27,6 +27,7 @@
 
 #include "pgd_step/cuda/helpers.h"
 #include "pgd_step/pgd_step.h"
+#include "pgd_step/step_params.h"
 
 namespace fastpgd {
 namespace {

@@ -1,7 +1,7 @@
-// The lap stopwatch as a pure state machine: every method takes the current time in
-// nanoseconds, so the core has no clock and no Python inside. The binding reads the clock
-// (std::chrono::steady_clock, or a user callable) and passes the reading in; tests drive it
-// with any sequence of times they like.
+// The lap stopwatch as a pure state machine with its lap storage: every method takes the
+// current time in nanoseconds, so the core has no clock and no Python inside. The binding reads
+// the clock (steady_now_ns() of clock.h, or a user callable) and passes the reading in; tests
+// drive it with any sequence of times they like.
 //
 // States: never started, running, stopped.
 //   start(now): never started -> running (first lap begins); stopped -> running (the current
@@ -16,7 +16,6 @@
 // clamped to 0. Sums saturate at INT64_MAX (about 292 years) instead of overflowing.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -31,15 +30,10 @@ class LapStopwatch {
   // The outcome of a call, so that callers (strict mode) can say what went wrong.
   enum class Result : std::uint8_t { kOk, kAlreadyRunning, kNotStarted, kStopped };
 
-  static constexpr std::int64_t kMaxNs = std::numeric_limits<std::int64_t>::max();
+  // The calls that can be misused, for misuse_message().
+  enum class Call : std::uint8_t { kStart, kStop, kLap };
 
-  // steady_clock in nanoseconds: monotonic wall time, which keeps counting while a GPU works
-  // (process CPU time would not).
-  static std::int64_t now_ns() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
+  static constexpr std::int64_t kMaxNs = std::numeric_limits<std::int64_t>::max();
 
   State state() const noexcept { return state_; }
   bool running() const noexcept { return state_ == State::kRunning; }
@@ -95,6 +89,29 @@ class LapStopwatch {
   }
 
   static double to_seconds(std::int64_t ns) noexcept { return static_cast<double>(ns) / 1e9; }
+
+  static const char* state_name(State state) noexcept {
+    switch (state) {
+      case State::kRunning: return "running";
+      case State::kStopped: return "stopped";
+      case State::kNeverStarted: break;
+    }
+    return "never started";
+  }
+
+  // What strict mode says when `call` returned `r` (not kOk): what went wrong and what to call
+  // instead.
+  static const char* misuse_message(Call call, Result r) noexcept {
+    if (r == Result::kAlreadyRunning) {
+      return "start() called while already running; call stop() first, or lap() to record a lap";
+    }
+    if (call == Call::kStop) {
+      return r == Result::kNotStarted ? "stop() called before start(); call start() first"
+                                      : "stop() called while stopped; call start() first";
+    }
+    return r == Result::kNotStarted ? "lap() called before start(); call start() first"
+                                    : "lap() called while stopped; call start() first";
+  }
 
  private:
   Result not_running() const noexcept {
