@@ -315,14 +315,16 @@ def checked(x_adv, grad, x0, eps, alpha, norm, clamp, *, in_place: bool, stream:
         tensor, ``alpha`` a float and ``clamp`` ``None`` or a pair of floats.
     """
     eps, alpha, norm, clamp = scalars(eps, alpha, norm, clamp)
+    # Every tensor is imported before any is checked, as the compiled entry does.
     x = as_tensor(x_adv, "x_adv", in_place, stream)
+    g = as_tensor(grad, "grad", in_place, stream)
+    c = as_tensor(x0, "x0", in_place, stream)
+    e = None if isinstance(eps, float) else as_tensor(eps, "eps", in_place, stream)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(
             "x_adv must be a floating-point tensor (float16, bfloat16, float32 or float64), "
             f"got {dtype_name(x.dtype)}"
         )
-    g = as_tensor(grad, "grad", in_place, stream)
-    c = as_tensor(x0, "x0", in_place, stream)
     _check_like(g, x, "grad", in_place)
     _check_like(c, x, "x0", in_place)
     if in_place:
@@ -340,14 +342,13 @@ def checked(x_adv, grad, x0, eps, alpha, norm, clamp, *, in_place: bool, stream:
             raise ValueError("x_adv must not overlap grad: it is written while grad is read")
         if overlaps(x, c):
             raise ValueError("x_adv must not overlap x0: it is written while x0 is read")
-    if not isinstance(eps, float):
-        eps = _checked_eps(eps, x, in_place, stream)
+    if e is not None:
+        eps = _checked_eps(e, x, in_place)
     return x, g, c, eps, alpha, norm, clamp
 
 
-def _checked_eps(eps, x: torch.Tensor, in_place: bool, stream: int) -> torch.Tensor:
+def _checked_eps(e: torch.Tensor, x: torch.Tensor, in_place: bool) -> torch.Tensor:
     batch = x.shape[0] if x.dim() > 0 else 1
-    e = as_tensor(eps, "eps", in_place, stream)
     if e.dtype != x.dtype:
         raise TypeError(
             f"eps must have the same dtype as x_adv, got {dtype_name(e.dtype)} "
