@@ -58,12 +58,12 @@ def test_the_archive_trains_too(cifar_dir, tmp_path):
 @pytest.mark.parametrize("extra", [{}, {"replay": True}], ids=["plain", "replay"])
 def test_resume_is_exact_with_augmentation(cifar_dir, tmp_path, extra):
     kwargs = dict(TINY, data_dir=str(cifar_dir), epochs=2, **extra)
-    straight = Trainer(TrainConfig(**kwargs, max_steps=5), out=io.StringIO())
+    straight = Trainer(TrainConfig(**kwargs, max_steps=3), out=io.StringIO())
     straight.fit(evaluate=False)
     ckpt = tmp_path / "c.pt"
     Trainer(TrainConfig(**kwargs, max_steps=2, checkpoint=str(ckpt)),
             out=io.StringIO()).fit(evaluate=False)  # fmt: skip
-    resumed = Trainer(TrainConfig(**kwargs, max_steps=5, checkpoint=str(ckpt), resume=True),
+    resumed = Trainer(TrainConfig(**kwargs, max_steps=3, checkpoint=str(ckpt), resume=True),
                       out=io.StringIO())  # fmt: skip
     resumed.fit(evaluate=False)
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),

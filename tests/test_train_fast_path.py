@@ -433,3 +433,55 @@ def test_cuda_training_step_does_not_wait_for_the_device(mode):
             t._one_step(x, y, idx)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# -- the device of each process ---------------------------------------------------------------
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """What pick_device sees on a machine with one GPU (it only asks, and sets the current one)."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank(one_gpu):
+    from fastpgd.trainer.distributed import Dist, pick_device
+
+    assert pick_device("cuda", Dist()) == torch.device("cuda", 0)
+    assert pick_device("auto", Dist(rank=0, world_size=2, local_rank=0)) == torch.device("cuda", 0)
+    assert one_gpu == [torch.device("cuda", 0)] * 2
+    with pytest.raises(ValueError, match="LOCAL_RANK=1 needs its own GPU, but this node has 1"):
+        pick_device("cuda", Dist(rank=1, world_size=2, local_rank=1))
+    with pytest.raises(ValueError, match="names one GPU, but 2 processes run"):
+        pick_device("cuda:0", Dist(rank=0, world_size=2, local_rank=0))
+    with pytest.raises(ValueError, match="this machine has 1 GPUs"):
+        pick_device("cuda:3", Dist())
+    assert pick_device("cpu", Dist(rank=1, world_size=2, local_rank=1)) == torch.device("cpu")
+
+
+def test_the_backend_follows_the_device(monkeypatch):
+    import torch.distributed as dist
+
+    from fastpgd.trainer import distributed
+
+    backends = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: backends.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    got = distributed.init_distributed("cpu")
+    assert (got.rank, got.world_size, got.local_rank, got.created) == (1, 2, 1, True)
+    distributed.init_distributed("auto")
+    distributed.init_distributed("cuda:0")
+    assert backends == ["gloo", "nccl", "nccl"]
+    monkeypatch.setenv("LOCAL_RANK", "one")
+    with pytest.raises(ValueError, match="LOCAL_RANK must be an integer, got 'one'"):
+        distributed.init_distributed("cpu")
