@@ -13,12 +13,12 @@
 // A section belongs to one thread: the one whose enter last claimed it (the first enter since
 // creation or `_first = True`, or an enter that on_claim let another thread make). Every enter
 // and exit compares the calling thread's identifier with it (current_thread_ident(): one
-// pthread_self() call, measured at 1.5-2 ns each, 2-3% of a block): another thread's enter
-// goes to on_claim (fastpgd.Timers raises there unless its owner has finished) or, without
-// one, raises; another thread's exit logs nothing.
-// Between the check and the append a method only reads the clock, so with the built-in clock
-// each enter and exit is atomic under the GIL; a user clock is Python code and may let other
-// threads run there (they can interleave entries, never corrupt memory).
+// pthread_self() call, about 2 ns; a Timers block measured 1.5-3% slower). Another thread's
+// enter goes to on_claim (fastpgd.Timers raises there unless its owner has finished) or,
+// without one, raises; another thread's exit logs nothing. Between the check and the append a
+// method only reads the clock, so with the built-in clock each enter and exit is atomic under
+// the GIL; a user clock is Python code and may let other threads run there (they can
+// interleave entries, never corrupt memory).
 #include <Python.h>
 #include <structmember.h>
 
@@ -164,10 +164,10 @@ PyObject* sec_exit(PyObject* op, PyObject* const*, Py_ssize_t nargs) {
     return nullptr;
   }
   SectionObject* self = as_sec(op);
-  // Only the claiming thread's exits are logged. No other exit can close a block of it: it
-  // ends a block that was open when the section was handed over (_first = True, then another
-  // thread's enter), or it is a manual __exit__ call from another thread. A refused enter
-  // raised before its block, so it has no exit.
+  // Only the claiming thread's exits are logged. Any other exit ends none of the claimer's
+  // blocks, yet logged it would close one: it ends a block that was open when the section was
+  // handed over (_first = True, then another thread's enter), or it is a manual __exit__ call
+  // from another thread. (A refused enter raised before its block, so it has no exit.)
   if (self->first || self->thread != current_thread_ident()) Py_RETURN_NONE;
   std::int64_t now = 0;
   if (!read_clock(self->clock, &now)) return nullptr;

@@ -746,9 +746,9 @@ class Timers(_TimersMethods, _ext.pick("_TimersBase", _PyTimersBase)):
     - Another thread entering any section while the owner runs raises
       ``RuntimeError`` before its block runs, and records nothing: create one
       ``Timers`` per thread. Every enter and exit compares the calling thread
-      with the owner: one ``pthread_self()`` call in C++ (a block measured 2-3%
-      slower), one :func:`threading.get_ident` call in pure Python (about 12%
-      each).
+      with the owner: one ``pthread_self()`` call in C++ (a block measured
+      1.5-3% slower), one :func:`threading.get_ident` call in pure Python
+      (about 12% of a block each).
     - An exit from a thread that does not own the section records nothing: a
       manual ``__exit__`` call from another thread, or the end of a block that
       was open when :meth:`reset` or :meth:`load_state_dict` let another
@@ -812,7 +812,7 @@ class PyTimers(_TimersMethods, _PyTimersBase):
     """:class:`Timers` in pure Python, whether or not the extension is in use.
 
     Same constructor, methods and results; ``with timers("x"): pass`` costs
-    about 2.5x the C++ path. For comparing the two in one process (tests,
+    about 2.9x the C++ path. For comparing the two in one process (tests,
     benchmarks).
     """
 
