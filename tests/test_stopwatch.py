@@ -561,16 +561,36 @@ def _lap_from_threads(sw, n_threads=8, n_laps=10_000):
     assert len(sw) == n_threads * n_laps
 
 
-def test_laps_from_threads_sum_to_the_clock_time_exactly():
+def test_laps_from_threads_sum_to_the_clock_time_exactly(cls):
     # Each lap spans the readings since the previous one, so the laps tile the time from
-    # start() to the last lap(): no reading is applied out of order, no time counted twice.
-    # (The C++ Stopwatch reads a Python clock before it takes its turn, so this exact
-    # check holds for it only with its own clock: the next test.)
+    # start() to the last lap(): no time counted twice. The C++ Stopwatch reads a Python clock
+    # before it takes its turn, so other threads may apply later readings meanwhile; it then
+    # applies its own as the last of theirs (PyStopwatch reads the clock under its lock).
     clock = CountingClock()
-    sw = PyStopwatch(clock=clock)
+    sw = cls(clock=clock)
     _lap_from_threads(sw)
     first = clock.now - len(sw)  # the reading of start(); every lap() read once after it
     assert sum(round(t * 1e9) for t in sw.lap_times()) == clock.now - first
+
+
+def test_a_clock_that_calls_lap_overlaps_the_outer_call(cls):
+    # The outer lap() reads 10 and, inside that reading, an inner lap() reads 20 and applies
+    # it first. PyStopwatch applies the outer 10 as a clock going backwards (the mark moves
+    # back to 10); the C++ Stopwatch applies it as 20, the reading that overtook it.
+    readings = iter([0, 10, 20, 30])
+
+    def clock():
+        now = next(readings)
+        if now == 10:
+            assert sw.lap() == 20e-9
+        return now
+
+    sw = cls(clock=clock)
+    sw.start()
+    assert sw.lap() == 0.0
+    sw.lap()
+    laps_ns = [round(t * 1e9) for t in sw.lap_times()]
+    assert laps_ns == ([20, 0, 20] if cls is PyStopwatch else [20, 0, 10])
 
 
 def test_laps_from_threads_never_exceed_the_wall_time(cls):

@@ -285,11 +285,102 @@ def test_a_finished_owner_hands_the_timers_over():
     assert t.names() == ["a", "b"] and t.laps("b") == [4e-9]
 
 
-def test_mixed_threads_never_record_a_negative_lap():
-    # Another thread enters a section the owner already entered (not detected) between the
-    # owner's clock reading and its append: the owner's exit lands after the other enter in
-    # the log but read an earlier time. That pairing would be negative: it is dropped and
-    # reading raises. (The C++ section, too, reads a Python clock before it appends.)
+def enter_in_a_thread_that_stays(t, name):
+    """Enter section ``name`` in a new thread that is still inside the block when this returns
+    (so its identifier cannot be reused meanwhile). Returns the thread and the function that
+    lets it leave the block, then waits for it to finish."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def run():
+        with t(name):
+            entered.set()
+            leave.wait()
+
+    thread = threading.Thread(target=run, name="stays")
+    thread.start()
+    assert entered.wait(timeout=60)
+
+    def finish():
+        leave.set()
+        thread.join()
+
+    return thread, finish
+
+
+def test_another_thread_entering_an_entered_section_raises_and_records_nothing():
+    t, clock = make()
+    with t("attack"):
+        clock.advance(2)
+    with t("step"):
+        clock.advance(3)
+        for name in ("step", "attack"):  # one running, one entered before
+            error = in_thread(lambda name=name: enter_and_exit(t, name))
+            assert type(error) is RuntimeError
+            assert "Timers is for one thread" in str(error) and f"section {name!r}" in str(error)
+            assert f"that thread {threading.current_thread().name!r} times" in str(error)
+        clock.advance(4)
+    assert t.laps("step") == [7e-9] and t.laps("attack") == [2e-9]
+    assert t.parents() == {"attack": None, "step": None}
+
+
+def test_another_threads_exit_is_ignored():
+    t, clock = make()
+    section = t("x")
+    section.__enter__()
+    clock.advance(3)
+    assert in_thread(lambda: section.__exit__(None, None, None)) is None
+    clock.advance(4)
+    section.__exit__(None, None, None)
+    assert t.laps("x") == [7e-9]
+
+
+def test_a_finished_owner_hands_over_the_sections_it_entered():
+    t, clock = make()
+    assert in_thread(lambda: enter_and_exit(t, "a")) is None
+    with t("a"):  # entered by the finished thread: this one takes it, and the Timers, over
+        clock.advance(2)
+    assert t.laps("a") == [0.0, 2e-9] and t.names() == ["a"]
+    assert type(in_thread(lambda: enter_and_exit(t, "a"))) is RuntimeError
+
+
+def test_a_thread_started_after_the_owner_finished_becomes_the_owner():
+    # Identifiers of finished threads are reused: the second thread may get the first one's,
+    # and then enters "a" without asking the Timers. It is the owner all the same.
+    t, clock = make()
+    assert in_thread(lambda: enter_and_exit(t, "a")) is None
+    thread, finish = enter_in_a_thread_that_stays(t, "a")
+    try:
+        for name in ("a", "b"):
+            with pytest.raises(
+                RuntimeError, match=f"section {name!r} of a Timers that thread 'stays'"
+            ):
+                with t(name):
+                    pass
+    finally:
+        finish()
+    assert t.names() == ["a"] and t.count("a") == 2
+
+
+def test_a_reset_from_another_thread_discards_the_owners_open_block():
+    t, clock = make()
+    thread, finish = enter_in_a_thread_that_stays(t, "x")
+    try:
+        t.reset()
+        section = t("x")
+        section.__enter__()  # this thread takes the Timers over
+    finally:
+        finish()  # the old owner's exit closes no block: it is ignored
+    clock.advance(7)
+    section.__exit__(None, None, None)
+    assert t.laps("x") == [7e-9] and t.names() == ["x"]
+    assert type(in_thread(lambda: enter_and_exit(t, "x"))) is RuntimeError
+
+
+def test_a_handover_during_a_clock_reading_never_records_a_negative_lap():
+    # A user clock is Python code: while the owner's exit reads it, another thread can reset
+    # the Timers and enter the section at a later reading. The owner's exit, checked before
+    # that, is logged after the new owner's enter with an earlier reading. That pairing would
+    # be negative: it is dropped and reading raises.
     clock = FakeClock(10)
     other_thread = []
 
@@ -298,7 +389,7 @@ def test_mixed_threads_never_record_a_negative_lap():
         if other_thread:
             other = other_thread.pop()
             clock.advance(100)
-            other.start()  # enters "x" at a later reading, logged before this one
+            other.start()
             other.join()
         return reading
 
@@ -308,11 +399,11 @@ def test_mixed_threads_never_record_a_negative_lap():
     section = t("x")
     section.__enter__()
     clock.advance(20)
-    other_thread.append(threading.Thread(target=section.__enter__))
+    other_thread.append(threading.Thread(target=lambda: (t.reset(), section.__enter__())))
     section.__exit__(None, None, None)
     with pytest.raises(RuntimeError, match="would be negative.*one Timers per thread"):
         t.laps("x")
-    assert t.laps("x") == [5e-9]
+    assert t.laps("x") == [] and t.names() == ["x"]
 
 
 def test_reading_from_another_thread_takes_turns_with_the_owner(monkeypatch):
@@ -734,6 +825,17 @@ def test_events_mode_never_records_a_negative_lap(fake_cuda):
         t.laps("x")
     assert t.laps("x") == pytest.approx([1e-3])
     assert len(t._pool) == fake_cuda.created  # the dropped pair's events are reused
+
+
+def test_events_mode_sections_are_for_one_thread(fake_cuda):
+    t = Timers(sync="events")
+    with t("x"):
+        fake_cuda.now += 1.0
+        error = in_thread(lambda: enter_and_exit(t, "x"))
+        assert type(error) is RuntimeError and "section 'x' of a Timers" in str(error)
+        assert in_thread(lambda: t("x").__exit__(None, None, None)) is None
+    assert t.laps("x") == pytest.approx([1e-3])
+    assert fake_cuda.created == 2  # neither the refused enter nor the ignored exit recorded one
 
 
 def test_events_mode_refuses_a_clock(fake_cuda):

@@ -10,6 +10,7 @@ sequence of enters, exits, reads and resets.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -70,7 +71,7 @@ def test_log_holds_enters_as_complements_and_exits_in_call_order(Section):
     assert section._drain() == []
 
 
-def test_on_first_runs_once_until_rearmed(Section):
+def test_on_claim_runs_at_the_first_enter_until_rearmed(Section):
     calls = []
     section = Section(Ticks(), calls.append)
     assert section._first is True
@@ -79,30 +80,161 @@ def test_on_first_runs_once_until_rearmed(Section):
             pass
     assert calls == [section] and section._first is False
     section._first = True
+    assert section._first is True
     with section:
         pass
     assert calls == [section, section]
-    with pytest.raises(TypeError, match="_first"):
+    with pytest.raises(TypeError, match="_first must be set to a bool"):
         section._first = 1
-    with pytest.raises(TypeError, match="_first"):
+    with pytest.raises(TypeError, match="_first must be set to a bool"):
         del section._first
+    with pytest.raises(ValueError, match="_first can only be set to True"):
+        section._first = False
+    assert section._first is False and calls == [section, section]
 
 
-def test_a_failing_on_first_logs_nothing_and_is_retried(Section):
+def test_a_failing_on_claim_logs_nothing_and_is_retried(Section):
     attempts = []
 
-    def on_first(section):
+    def on_claim(section):
         attempts.append(section)
         if len(attempts) == 1:
             raise RuntimeError("first enter failed")
 
-    section = Section(Ticks(), on_first)
+    section = Section(Ticks(), on_claim)
     with pytest.raises(RuntimeError, match="first enter failed"):
         section.__enter__()
     assert section._log_size() == 0 and section._first is True
     with section:
         pass
     assert len(attempts) == 2 and section._log_size() == 2
+
+
+# -- threads: a section is for the thread that claimed it ------------------------------
+
+
+def in_thread(fn):
+    """Run ``fn`` in a new thread and wait; return its result or the exception it raised."""
+    out = []
+
+    def run():
+        try:
+            out.append(fn())
+        except Exception as exc:  # handed to the test, which asserts on it
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def enter_from_a_thread_that_stays(section):
+    """Enter ``section`` in a new thread that is still running when this returns (a finished
+    thread's identifier may be reused by the next one). Returns the thread's identifier and
+    the function that lets it exit the block and finish."""
+    entered, leave, ident = threading.Event(), threading.Event(), []
+
+    def run():
+        ident.append(threading.get_ident())
+        with section:
+            entered.set()
+            leave.wait()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(timeout=60)
+
+    def finish():
+        leave.set()
+        thread.join()
+
+    return ident[0], finish
+
+
+def test_another_threads_enter_raises_and_logs_nothing(Section):
+    clock = Ticks(10)
+    section = Section(clock)
+    with section:
+        clock.now = 15
+    section.__enter__()  # a block of the claiming thread stays open
+    error = in_thread(section.__enter__)
+    assert type(error) is RuntimeError
+    me = threading.get_ident()
+    assert str(error).startswith("a section is for one thread: thread ")
+    assert str(error).endswith(
+        f" entered a section claimed by thread {me}; set _first = True to hand it over"
+    )
+    clock.now = 20
+    section.__exit__(None, None, None)
+    assert section._drain() == [~10, 15, ~15, 20]
+
+
+def test_another_threads_exit_logs_nothing(Section):
+    clock = Ticks(10)
+    section = Section(clock)
+    assert in_thread(lambda: section.__exit__(None, None, None)) is None  # nobody claimed it
+    section.__enter__()
+    clock.now = 12
+    assert in_thread(lambda: section.__exit__(None, None, None)) is None
+    assert section._drain() == [~10]
+    section.__exit__(None, None, None)
+    assert section._drain() == [12]
+
+
+def test_an_exit_before_any_claim_logs_nothing(Section):
+    clock = Ticks(10)
+    section = Section(clock)
+    assert section.__exit__(None, None, None) is None
+    with section:
+        clock.now = 11
+    section._first = True  # the claim ends: the exit of a block still open is not logged
+    section.__enter__()
+    section._first = True
+    section.__exit__(None, None, None)
+    assert section._drain() == [~10, 11, ~11]
+
+
+def test_rearming_hands_the_section_to_the_next_thread(Section):
+    section = Section(Ticks(10))
+    with section:
+        pass
+    section._first = True
+    ident, finish = enter_from_a_thread_that_stays(section)
+    try:
+        error = in_thread(section.__enter__)  # a third thread: the new claimer still runs
+        assert type(error) is RuntimeError and f"claimed by thread {ident}" in str(error)
+        with pytest.raises(RuntimeError, match=f"claimed by thread {ident};"):
+            section.__enter__()  # nor may the first claimer come back
+    finally:
+        finish()
+    assert section._drain() == [~10, 10, ~10, 10]
+
+
+def test_on_claim_decides_whether_another_thread_may_claim(Section):
+    calls = []
+    allow = [True]
+
+    def on_claim(section):
+        calls.append(threading.get_ident())
+        if not allow[0]:
+            raise RuntimeError("refused by on_claim")
+
+    section = Section(Ticks(10), on_claim)
+    with section:
+        pass
+    me = threading.get_ident()
+    ident, finish = enter_from_a_thread_that_stays(section)  # allowed: it claims the section
+    finish()
+    assert calls == [me, ident]
+    allow[0] = False
+    with pytest.raises(RuntimeError, match="refused by on_claim"):
+        section.__enter__()  # this thread is no longer the claimer: on_claim is asked again
+    assert section._log_size() == 4 and section._first is False
+    allow[0] = True
+    with section:
+        pass
+    assert calls == [me, ident, me, me] and section._log_size() == 6
 
 
 @pytest.mark.parametrize(
@@ -152,7 +284,7 @@ def test_a_clock_that_breaks_mid_block_still_propagates_through_timers(timers_cl
 def test_constructor_arguments_are_checked(Section):
     with pytest.raises(TypeError, match="clock must be None or a zero-argument callable"):
         Section(3)
-    with pytest.raises(TypeError, match="on_first must be None or a callable"):
+    with pytest.raises(TypeError, match="on_claim must be None or a callable"):
         Section(None, 3)
 
 
@@ -196,8 +328,8 @@ def test_cpp_timers_base_guards_its_sections():
 
 
 def test_a_clock_that_misuses_the_section_does_not_corrupt_it(Section):
-    # The clock runs between the first-enter check and the append: clearing or draining
-    # the log from inside it must leave a consistent log behind.
+    # The clock runs between the claim and the append: clearing, draining or re-arming the
+    # section from inside it must leave a consistent log behind.
     holder = {}
     now = [100]
 
@@ -215,29 +347,46 @@ def test_a_clock_that_misuses_the_section_does_not_corrupt_it(Section):
     for _ in range(100):
         with section:
             pass
-    assert section._log_size() == 1  # each read emptied the log; the exit's entry stayed
-    assert section._drain()[0] >= 0
+    # Each enter's read emptied the log and ended the claim, so the exits were not logged:
+    # what is left is the last enter.
+    assert section._drain() == [~200]
 
 
-def test_threads_sharing_a_section_lose_no_entries(Section):
-    # Timers is for one thread (the pairing is per object, not per thread), but concurrent
-    # use must never lose or corrupt entries.
+def test_threads_taking_a_section_over_lose_no_entries(Section):
+    # Threads race to claim one section, each taking it over (_first = True) when refused.
+    # Every enter that returned logged exactly one entry, every refused one none, and an exit
+    # is logged only for a block whose thread still held the claim.
     section = Section()
-    n, workers = 20_000, 4
+    n, workers = 5_000, 4
+    entered = [0] * workers
+    refused = [0] * workers
+    barrier = threading.Barrier(workers)
 
-    def work():
+    def work(i):
+        barrier.wait()
         for _ in range(n):
-            with section:
-                pass
+            try:
+                with section:
+                    entered[i] += 1
+            except RuntimeError:
+                refused[i] += 1
+                section._first = True
 
-    threads = [threading.Thread(target=work) for _ in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
     log = section._drain()
-    assert len(log) == 2 * n * workers
-    assert sum(1 for v in log if v < 0) == n * workers
+    enters = sum(1 for v in log if v < 0)
+    assert enters == sum(entered) and sum(entered) + sum(refused) == n * workers
+    assert sum(refused) > 0  # the threads did overlap
+    assert 0 < len(log) - enters <= enters
 
 
 @needs_ext

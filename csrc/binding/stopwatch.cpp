@@ -11,7 +11,10 @@
 // Thread safety: with the GIL, a C method that calls no Python code is atomic. Every method
 // therefore reads the clock first (a user clock is Python code and may switch threads) and
 // then updates the state without calling back into Python. On a free-threaded build
-// (Py_GIL_DISABLED) the update runs inside a per-object critical section instead.
+// (Py_GIL_DISABLED) the update runs inside a per-object critical section instead. While a
+// user clock is read, other threads may update the stopwatch with later readings; applied
+// after them, the earlier reading would move the mark back and count time twice, so it is
+// applied as the latest of theirs (with_now).
 #include <Python.h>
 
 #include <cstdint>
@@ -42,6 +45,9 @@ struct StopwatchObject {
   PyObject_HEAD
   LapStopwatch core;
   PyObject* clock;  // a user callable returning int nanoseconds; nullptr: steady_clock
+  // With a user clock: how many readings were applied to the core, and the last of them.
+  std::uint64_t applied;
+  std::int64_t last_applied;
   bool strict;
 };
 
@@ -72,13 +78,26 @@ PyObject* raise_misuse(LapStopwatch::Call call, Result r) {
 
 // Reads the current time and applies op(now) to the core as one atomic step (see the top of
 // the file). Returns false with a Python error set when the user clock failed.
+//
+// A user clock may let other calls apply their readings while it is read. Then this reading
+// is raised to the last of theirs, as if it had been read right after it: the readings reach
+// the core in order, so the laps tile the time from start() to the last reading exactly (as
+// PyStopwatch's, which reads under its lock). The laps of a single thread, whose calls never
+// overlap, see the clock's readings unchanged, even a clock that goes backwards.
 template <typename Op>
 bool with_now(StopwatchObject* self, Op&& op) {
   if (self->clock != nullptr) {
+    std::uint64_t seen = 0;
+    FASTPGD_LOCK(self);
+    seen = self->applied;
+    FASTPGD_UNLOCK();
     std::int64_t now = 0;
     if (!read_user_clock(self->clock, &now)) return false;
     FASTPGD_LOCK(self);
+    if (self->applied != seen && now < self->last_applied) now = self->last_applied;
     op(now);
+    ++self->applied;
+    self->last_applied = now;
     FASTPGD_UNLOCK();
   } else {
     FASTPGD_LOCK(self);
@@ -115,6 +134,8 @@ PyObject* sw_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   new (&self->core) LapStopwatch();
   self->strict = strict == Py_True;
   self->clock = clock == Py_None ? nullptr : Py_NewRef(clock);
+  self->applied = 0;
+  self->last_applied = 0;
   return op;
 }
 
@@ -373,6 +394,14 @@ void bind_stopwatch(pybind11::module_& m) {
       "    clock (Callable[[], int], optional): zero-argument callable returning int "
       "nanoseconds, like time.perf_counter_ns; a reading that is not an int raises "
       "TypeError at the call that reads it. Default: None (steady_clock read in C++).\n\n"
+      "Threads: calls from several threads take effect one at a time, each with its own "
+      "clock reading. With the built-in clock a call reads and updates in one step. A user "
+      "clock is Python code, so other threads may update the stopwatch while it is read; a "
+      "reading that their later readings overtook is then applied as the last of those, as if "
+      "read just after it. So no time is counted twice: the laps sum to the time from the "
+      "start() to the last reading (with lap() alone, exactly), as PyStopwatch's do. A clock "
+      "that itself calls this stopwatch overlaps the outer call in the same way; there "
+      "PyStopwatch instead applies the outer, earlier reading as a clock going backwards.\n\n"
       "Examples::\n\n"
       "    >>> sw = Stopwatch()\n"
       "    >>> with sw:\n"

@@ -75,19 +75,26 @@ class Stopwatch:
 class _Section:
     """The log of one named timing section (the base of fastpgd.Timers' sections).
 
-    Entering logs ``~t`` and leaving logs ``t`` (int64 nanoseconds); the first
-    enter (since creation or ``_first = True``) calls ``on_first(self)`` first.
+    Entering logs ``~t`` and leaving logs ``t`` (int64 nanoseconds). A section is
+    for one thread: the first enter (since creation or ``_first = True``) claims
+    it for the calling thread; an enter from another thread claims it only if
+    ``on_claim`` allows it (without ``on_claim`` it raises ``RuntimeError``), and
+    a refused enter logs nothing. ``on_claim(self)`` runs before the clock is
+    read. Exits from a thread other than the claiming one log nothing.
 
     Args:
         clock (Callable[[], int], optional): zero-argument callable returning int
             nanoseconds. Default: ``None`` (steady_clock, the clock of
             ``time.perf_counter_ns``).
-        on_first (Callable[[_Section], object], optional): called at the first enter.
+        on_claim (Callable[[_Section], object], optional): called before a thread
+            claims the section; raising refuses the thread.
     """
 
+    #: Whether no thread has claimed the section since creation or ``_first = True``;
+    #: can only be set to ``True``.
     _first: bool
     def __init__(
-        self, clock: Callable[[], int] | None = None, on_first: Callable[..., object] | None = None
+        self, clock: Callable[[], int] | None = None, on_claim: Callable[..., object] | None = None
     ) -> None: ...
     def __enter__(self) -> _Section: ...
     def __exit__(

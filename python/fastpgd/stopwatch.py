@@ -89,7 +89,10 @@ class PyStopwatch:
     ``lap()`` (with ``lap()`` alone they sum to exactly that). The lock is
     re-entrant, so a ``clock`` that calls the stopwatch does not deadlock; its
     inner call takes a later reading than the outer one, which then counts as
-    a clock going backwards. The C++ :data:`Stopwatch` is the fast path.
+    a clock going backwards. The C++ :data:`Stopwatch` is the fast path and
+    records the same laps from several threads: it applies a reading that
+    other threads' later readings overtook while its user clock was read as
+    the last of those (and so also the outer reading of such a ``clock``).
 
     Examples::
 

@@ -57,6 +57,15 @@ def _new_cuda_event():
     return torch.cuda.Event(enable_timing=True)
 
 
+def _running_thread(ident: int) -> threading.Thread | None:
+    """The running thread whose ``threading.get_ident()`` is ``ident``, or None. Identifiers
+    of finished threads are reused, so a thread started later may be the one found."""
+    for thread in threading.enumerate():
+        if thread.ident == ident and thread.is_alive():
+            return thread
+    return None
+
+
 def _negative_laps(name: str, n: int) -> str:
     return (
         f"{n} lap(s) of section {name!r} would be negative (they end before they begin) and "
@@ -69,55 +78,84 @@ def _negative_laps(name: str, n: int) -> str:
 # -- sections --------------------------------------------------------------------------
 
 
+def _claimed_by_another(me: int, claimer: int) -> str:
+    # The same words as the C++ section (csrc/binding/timers.cpp).
+    return (
+        f"a section is for one thread: thread {me} entered a section claimed by thread "
+        f"{claimer}; set _first = True to hand it over"
+    )
+
+
 class _PySection:
     """The pure-Python twin of ``fastpgd._C._Section``: the log of one timing section.
 
     Entering logs ``~t`` (negative for a reading ``t >= 0``) and leaving logs
     ``t``, integer nanoseconds in call order; :meth:`_drain` hands the entries
-    over. The first enter since creation (or since ``_first = True``) calls
-    ``on_first(self)`` before reading the clock; if that raises, nothing is
-    logged and the next enter calls it again.
+    over.
 
-    Each section runs on two classes of its own, made by
-    :func:`_per_section_classes`: setting ``_first`` switches between them, so
-    the hot path never tests a flag.
+    A section is for one thread. The first enter since creation (or since
+    ``_first = True``) claims it for the calling thread; an enter from another
+    thread claims it only if ``on_claim`` allows it, and without ``on_claim``
+    raises ``RuntimeError``. ``on_claim(self)`` runs before the clock is read;
+    if it raises, nothing is logged and the claim stays as it was. Exits from a
+    thread other than the claiming one (or before any claim) log nothing.
+
+    Each section runs on a class of its own, made by :func:`_per_section_class`,
+    whose ``__enter__`` and ``__exit__`` are closures over the clock, the log's
+    ``append`` and the claiming thread's identifier: the hot path compares one
+    ``threading.get_ident()`` with a closure cell and tests no flag.
 
     Args:
         clock (Callable[[], int], optional): zero-argument callable returning int
             nanoseconds, checked at every reading like the C++ one. Default:
             ``None`` (:func:`time.perf_counter_ns`).
-        on_first (Callable[[_PySection], object], optional): called at the first enter.
+        on_claim (Callable[[_PySection], object], optional): called before a
+            thread claims the section; raising refuses the thread.
     """
 
-    __slots__ = ("_clock", "_entries", "_on_first", "_hot_cls", "_first_cls")
+    __slots__ = ("_clock", "_entries", "_on_claim", "_thread", "_set_hot_thread")
 
-    def __init__(self, clock: Callable[[], int] | None = None, on_first=None) -> None:
+    def __init__(self, clock: Callable[[], int] | None = None, on_claim=None) -> None:
         if clock is not None and not callable(clock):
             raise TypeError(
                 "clock must be None or a zero-argument callable returning int nanoseconds, "
                 f"got {type(clock).__name__}"
             )
-        if on_first is not None and not callable(on_first):
-            raise TypeError(f"on_first must be None or a callable, got {type(on_first).__name__}")
+        if on_claim is not None and not callable(on_claim):
+            raise TypeError(f"on_claim must be None or a callable, got {type(on_claim).__name__}")
         self._clock = time.perf_counter_ns if clock is None else checked_clock(clock)
         self._entries: list = []
-        self._on_first = on_first
-        self._hot_cls, self._first_cls = _per_section_classes(type(self), *self._hot_methods())
-        self.__class__ = self._first_cls
+        self._on_claim = on_claim
+        self._thread: int | None = None  # threading.get_ident() of the claimer; None: unclaimed
+        enter, exit, self._set_hot_thread = self._hot_methods()
+        self.__class__ = _per_section_class(type(self), enter, exit)
 
     def _hot_methods(self):
-        """``__enter__`` and ``__exit__`` of this section's classes, as closures over its clock
-        and its log's ``append``: closure cells are read faster than slot attributes."""
-        clock, log = self._clock, self._entries.append
+        """``__enter__`` and ``__exit__`` of this section's class, as closures over its clock,
+        its log's ``append`` and the claiming thread (closure cells are read faster than slot
+        attributes), and the function that sets that thread."""
+        clock, log, get_ident = self._clock, self._entries.append, threading.get_ident
+        thread = None
 
         def __enter__(section):
+            if get_ident() != thread:
+                return _claim_then_enter(section)
             log(~clock())
             return section
 
         def __exit__(section, exc_type, exc, tb):
-            log(clock())  # recorded whether or not the block raised; None re-raises
+            if get_ident() == thread:
+                log(clock())  # recorded whether or not the block raised; None re-raises
 
-        return __enter__, __exit__
+        def set_thread(ident):
+            nonlocal thread
+            thread = ident
+
+        return __enter__, __exit__, set_thread
+
+    def _set_thread(self, ident: int | None) -> None:
+        self._thread = ident
+        self._set_hot_thread(ident)
 
     def _drain(self) -> list:
         """The logged entries (``~t`` for an enter, ``t`` for an exit), removed from the log."""
@@ -136,44 +174,48 @@ class _PySection:
 
     @property
     def _first(self) -> bool:
-        """Whether the next enter is a first enter (and calls ``on_first``)."""
-        return type(self) is self._first_cls
+        """Whether no thread has claimed the section since creation or ``_first = True`` (the
+        next enter claims it). Can only be set to ``True``."""
+        return self._thread is None
 
     @_first.setter
     def _first(self, value: bool) -> None:
         if not isinstance(value, bool):
             raise TypeError("_first must be set to a bool")
-        self.__class__ = self._first_cls if value else self._hot_cls
+        if not value:
+            raise ValueError(
+                "_first can only be set to True (the next enter then claims the section)"
+            )
+        self._set_thread(None)
 
     @_first.deleter
     def _first(self) -> None:
         raise TypeError("_first must be set to a bool")
 
 
-def _enter_first_time(section: _PySection):
-    """``__enter__`` of a section never entered since creation or ``_first = True``."""
-    on_first = section._on_first
-    if on_first is not None:
-        on_first(section)  # if it raises, the class stays: the next enter calls it again
-    section.__class__ = section._hot_cls
+def _claim_then_enter(section: _PySection):
+    """``__enter__`` of a section that the calling thread has not claimed: its first enter
+    since creation or ``_first = True``, or an enter from another thread than the claimer."""
+    me = threading.get_ident()
+    on_claim = section._on_claim
+    if on_claim is not None:
+        on_claim(section)  # if it raises, the claim stays as it was and nothing is logged
+    elif section._thread is not None:
+        raise RuntimeError(_claimed_by_another(me, section._thread))
+    section._set_thread(me)
     return section.__enter__()
 
 
-def _per_section_classes(base: type, enter, exit) -> tuple[type, type]:
-    """The two classes of one pure-Python section: the hot one, whose ``__enter__`` and
-    ``__exit__`` are ``enter`` and ``exit``, and the first-enter one, whose ``__enter__``
-    calls ``on_first`` and switches the section to the hot class."""
+def _per_section_class(base: type, enter, exit) -> type:
+    """The class of one pure-Python section: ``base`` with ``enter`` and ``exit`` (closures
+    over that section's state) as its ``__enter__`` and ``__exit__``."""
 
-    class HotSection(base):
+    class Section(base):
         __slots__ = ()
         __enter__ = enter
         __exit__ = exit
 
-    class FirstSection(HotSection):
-        __slots__ = ()
-        __enter__ = _enter_first_time
-
-    return HotSection, FirstSection
+    return Section
 
 
 class _SectionMethods:
@@ -193,7 +235,7 @@ class _SectionMethods:
         self._laps = array("q")  # nanoseconds; 8 bytes a lap once paired
         self._index = -1  # position in first-seen order; -1 before the first enter
         # None: the C++ section reads steady_clock itself, the clock of perf_counter_ns.
-        super().__init__(None if clock is time.perf_counter_ns else clock, timers._first_enter)
+        super().__init__(None if clock is time.perf_counter_ns else clock, timers._claim)
 
     def __repr__(self) -> str:
         return f"<timer section {self.name!r}>"
@@ -270,19 +312,28 @@ class _EventSection(_SectionMethods, _PySection):
     def _hot_methods(self):
         # Recording an event costs far more than the closure saves; closures keep one shape.
         get_event, seq, log = self._timers._get_event, self._timers._seq, self._entries.append
+        get_ident = threading.get_ident
+        thread = None
 
         def __enter__(section):
+            if get_ident() != thread:
+                return _claim_then_enter(section)
             event = get_event()
             event.record()
             log((next(seq), event))
             return section
 
         def __exit__(section, exc_type, exc, tb):
-            event = get_event()
-            event.record()
-            log((_END, event))
+            if get_ident() == thread:
+                event = get_event()
+                event.record()
+                log((_END, event))
 
-        return __enter__, __exit__
+        def set_thread(ident):
+            nonlocal thread
+            thread = ident
+
+        return __enter__, __exit__, set_thread
 
     def _pair(self) -> None:
         batch = self._drain()
@@ -407,10 +458,11 @@ class _TimersMethods:
         self._sections: dict[str, _SectionMethods] = {}
         self._order: list[_SectionMethods] = []  # first-entered order
         self._parents: dict[str, str | None] = {}
-        # Serializes what other threads may do (read, reset) with the owner's first enters;
+        # Serializes what other threads may do (read, reset) with the owner's claims;
         # re-entrant because load_state_dict() resets and reports read the summary.
         self._lock = threading.RLock()
-        self._owner: threading.Thread | None = None  # the thread that times; None: not yet
+        # threading.get_ident() of the thread that times; None: not yet.
+        self._owner: int | None = None
         if sync == "events":
             self._seq = itertools.count()
             self._pool: list = []
@@ -428,17 +480,24 @@ class _TimersMethods:
         section = self._sections[name] = self._section_cls(self, name, self._clock)
         return section
 
-    def _first_enter(self, section: _SectionMethods) -> None:
-        """Called by a section at its first enter: check the thread, record the parent."""
+    def _claim(self, section: _SectionMethods) -> None:
+        """Called by a section before the calling thread claims it (its first enter since
+        creation, :meth:`reset` or :meth:`load_state_dict`, or an enter from another thread
+        than its claimer): refuse any thread but the owner while the owner runs; at a
+        section's first enter, record its parent."""
         with self._lock:
-            me, owner = threading.current_thread(), self._owner
-            if owner is not None and owner is not me and owner.is_alive():
-                raise RuntimeError(
-                    f"Timers is for one thread: thread {me.name!r} entered section "
-                    f"{section.name!r} of a Timers that thread {owner.name!r} times. Create "
-                    "one Timers per thread, or call reset() to hand this one over."
-                )
-            self._owner = me
+            me = threading.current_thread()
+            if self._owner is not None and self._owner != me.ident:
+                owner = _running_thread(self._owner)
+                if owner is not None:
+                    raise RuntimeError(
+                        f"Timers is for one thread: thread {me.name!r} entered section "
+                        f"{section.name!r} of a Timers that thread {owner.name!r} times. "
+                        "Create one Timers per thread, or call reset() to hand this one over."
+                    )
+            self._owner = me.ident
+            if section._index >= 0:
+                return  # entered (or loaded) before: only its thread changes
             best_key, parent = None, None
             for other in self._order:
                 other._pair()
@@ -611,8 +670,10 @@ class _TimersMethods:
         """
         with self._lock:
             for section in self._sections.values():
-                section._clear()
+                # Unclaimed first: the owner's next enter then waits for this lock, and its
+                # exits are ignored, so nothing it does meanwhile outlives the clear.
                 section._first = True
+                section._clear()
             del self._order[:]
             self._parents.clear()
             self._owner = None
@@ -633,7 +694,6 @@ class _TimersMethods:
             self.reset()
             for name, values in laps.items():
                 section = self(name)
-                section._first = False
                 section._index = len(self._order)
                 section._laps.extend(values)
                 self._order.append(section)
@@ -679,19 +739,32 @@ class Timers(_TimersMethods, _ext.pick("_TimersBase", _PyTimersBase)):
 
     - The first thread to enter a section after construction, :meth:`reset` or
       :meth:`load_state_dict` *owns* the ``Timers``, until the next of those
-      calls or until it finishes.
-    - Another thread entering a section not yet entered since then raises
-      ``RuntimeError`` and records nothing: create one ``Timers`` per thread.
-    - Another thread entering a section the owner has already entered is not
-      detected: checking every block would add a Python call to the C++ hot
-      path (measured: 1.45x the cost of a block). Its blocks then mix with the
-      owner's: an exit may close the other thread's block, so single laps, and
-      parents of names first entered meanwhile, can be wrong. A lap this makes
-      negative is never recorded: the call that pairs it raises ``RuntimeError``.
+      calls or until it finishes; then the next thread to enter a section owns
+      it. Threads are told apart by :func:`threading.get_ident`, whose values
+      finished threads pass on: a thread started after the owner finished may
+      be the owner from its first enter on.
+    - Another thread entering any section while the owner runs raises
+      ``RuntimeError`` before its block runs, and records nothing: create one
+      ``Timers`` per thread. Every enter and exit compares the calling thread
+      with the owner: one ``pthread_self()`` call in C++ (a block measured
+      1.5-3% slower), one :func:`threading.get_ident` call in pure Python
+      (about 12% of a block each).
+    - An exit from a thread that does not own the section records nothing: a
+      manual ``__exit__`` call from another thread, or the end of a block that
+      was open when :meth:`reset` or :meth:`load_state_dict` let another
+      thread take over, so that it cannot close the new owner's block.
     - Reading (:meth:`laps`, :meth:`summary`, :meth:`report`, the exports,
       :meth:`gather`), :meth:`reset` and :meth:`load_state_dict` work from any
-      thread, even while the owner times: a lock makes them take turns with the
-      owner's first enters.
+      thread, even while the owner times: a lock makes them take turns with
+      the owner's first enters.
+    - With the C++ sections and the built-in clock, an enter or exit checks
+      the thread and logs in one step. A user ``clock`` is Python code, and
+      the pure-Python sections can switch threads between any two steps: if
+      another thread calls :meth:`reset` and enters the same section while the
+      owner is between its check and its log entry, that entry lands among the
+      new owner's and may pair with one of its blocks. A lap this makes
+      negative is never recorded (the call that pairs it raises
+      ``RuntimeError``); another may be wrong.
 
     Args:
         sync (str or None): how GPU work is accounted for. ``None`` (default):
@@ -739,7 +812,7 @@ class PyTimers(_TimersMethods, _PyTimersBase):
     """:class:`Timers` in pure Python, whether or not the extension is in use.
 
     Same constructor, methods and results; ``with timers("x"): pass`` costs
-    about 2.5x the C++ path. For comparing the two in one process (tests,
+    about 2.9x the C++ path. For comparing the two in one process (tests,
     benchmarks).
     """
 
