@@ -747,8 +747,9 @@ class Timers(_TimersMethods, _ext.pick("_TimersBase", _PyTimersBase)):
       ``RuntimeError`` before its block runs, and records nothing: create one
       ``Timers`` per thread. Every enter and exit compares the calling thread
       with the owner: one ``pthread_self()`` call in C++ (a block measured
-      1.5-3% slower), one :func:`threading.get_ident` call in pure Python
-      (about 12% of a block each).
+      about 2% slower), one :func:`threading.get_ident` call in pure Python
+      (a block measured about 20% slower; see
+      ``benchmarks/results/old-vs-new-cpu-2026-11-30.md``).
     - An exit from a thread that does not own the section records nothing: a
       manual ``__exit__`` call from another thread, or the end of a block that
       was open when :meth:`reset` or :meth:`load_state_dict` let another
