@@ -18,11 +18,7 @@ def check_writable(name: str, path: str | os.PathLike) -> None:
     Raises:
         ValueError: naming the setting ``name``, the path and the reason.
     """
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{name} {str(path)!r} is a directory; give a file path")
-    if not p.parent.is_dir():
-        raise ValueError(f"{name} {str(path)!r}: directory {str(p.parent)!r} does not exist")
+    p = _file_path(name, path)
     existed = p.exists()
     try:
         with open(p, "a"):
@@ -40,11 +36,7 @@ def check_writable_dir(name: str, path: str | os.PathLike) -> None:
     Raises:
         ValueError: naming the setting ``name``, the path and the reason.
     """
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{name} {str(path)!r} is a directory; give a file path")
-    if not p.parent.is_dir():
-        raise ValueError(f"{name} directory {str(p.parent)!r} does not exist")
+    p = _file_path(name, path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".check", dir=p.parent)
     except OSError as exc:
@@ -53,3 +45,13 @@ def check_writable_dir(name: str, path: str | os.PathLike) -> None:
         ) from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def _file_path(name: str, path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``, refused when it is a directory or its directory is missing."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a directory; give a file path")
+    if not p.parent.is_dir():
+        raise ValueError(f"{name} {str(path)!r}: directory {str(p.parent)!r} does not exist")
+    return p

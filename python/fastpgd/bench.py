@@ -69,29 +69,17 @@ def _preact():
     return PreActResNet18(num_classes=10)
 
 
+# Batch 128, PGD-10 at eps 8/255 in steps of 2/255: the usual CIFAR-10 training attack.
+_CIFAR_ATTACK = dict(shape=(3, 32, 32), batch_size=128, eps=8 / 255, alpha=2 / 255, steps=10,
+                     classes=10)  # fmt: skip
+
 WORKLOADS = {
     "madry-mnist": dict(
         model=_madry, shape=(1, 28, 28), batch_size=50, eps=0.3, alpha=0.01, steps=40, classes=10
     ),
-    "cifar": dict(
-        model=_resnet,
-        shape=(3, 32, 32),
-        batch_size=128,
-        eps=8 / 255,
-        alpha=2 / 255,
-        steps=10,
-        classes=10,
-    ),
+    "cifar": dict(model=_resnet, **_CIFAR_ATTACK),
     # The CIFAR-10 setting most adversarial-training papers report (Rice et al., 2020).
-    "cifar-preact": dict(
-        model=_preact,
-        shape=(3, 32, 32),
-        batch_size=128,
-        eps=8 / 255,
-        alpha=2 / 255,
-        steps=10,
-        classes=10,
-    ),
+    "cifar-preact": dict(model=_preact, **_CIFAR_ATTACK),
 }
 
 _DTYPES = {

@@ -673,17 +673,22 @@ class Trainer:
                 logits = self.ddp(x)
                 loss = F.cross_entropy(logits, y)
         with self.timers("backward"):
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            self._backward(loss)
         with self.timers("update"):
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
+            self._optimizer_step()
         return loss, logits
+
+    def _backward(self, loss):
+        """The backward pass, through the fp16 gradient scaler when there is one."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def _optimizer_step(self):
+        """The optimizer step, through the fp16 gradient scaler when there is one."""
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
     def _replay_attack(self, x, y, idx) -> torch.Tensor:
         """The attack warm-started from the replay memory; stores the new perturbations."""
@@ -729,16 +734,9 @@ class Trainer:
                     logits = self.ddp(x_adv)
                     loss = F.cross_entropy(logits, y)
             with self.timers("backward"):
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
+                self._backward(loss)
             with self.timers("update"):
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
+                self._optimizer_step()
             with self.timers("attack"):
                 grad = x_adv.grad
                 if not grad.is_contiguous():  # a channels_last model's input gradient
