@@ -19,6 +19,23 @@ def small_cnn(seed: int = 0) -> nn.Module:
     return MadryCNN(image_size=8)
 
 
+class ModeRecorder(nn.Module):
+    """BatchNorm + Dropout (8x8 grey images), and a record of the (model, batch norm, dropout)
+    training flags seen by each forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((self.training, self.bn.training, self.drop.training))
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
 def batch(n: int = 6, seed: int = 0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, 8, 8, generator=g)

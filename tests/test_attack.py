@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attack_common import HostReadError, batch, gen, no_host_reads, small_cnn
+from attack_common import HostReadError, ModeRecorder, batch, gen, no_host_reads, small_cnn
 from conftest import DEVICES, needs_cuda
 from fastpgd import attack as attack_mod
 from fastpgd.attack import fused_pgd, per_sample_view, random_delta, reference_pgd
@@ -40,22 +40,6 @@ class _Linear2(nn.Module):
 
     def forward(self, x):
         return x.flatten(1) @ self.w.t() + self.b
-
-
-class _ModeRecorder(nn.Module):
-    """BatchNorm + Dropout, and a record of each submodule's mode seen during forward."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(4 * 8 * 8, 10)
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append((self.training, self.bn.training, self.drop.training))
-        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +231,7 @@ def test_parameters_untouched(pgd):
     [("eval", (False, False, False)), ("train", (True, True, True)), ("keep", (True, False, True))],
 )
 def test_model_mode_applied_and_restored(mode, expected):
-    model = _ModeRecorder()
+    model = ModeRecorder()
     model.train()
     model.bn.eval()  # a mixed state must come back exactly
     x, y = batch(4)
@@ -257,7 +241,7 @@ def test_model_mode_applied_and_restored(mode, expected):
 
 
 def test_model_mode_restored_on_error():
-    model = _ModeRecorder()
+    model = ModeRecorder()
     model.train()
     model.drop.eval()
     x, y = batch(4)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attack_common import ModeRecorder
 from conftest import needs_cuda
 from fastpgd import PGD, PGDL2, fused_pgd, pgd_classes
 from fastpgd.data import load_dataset
@@ -364,22 +365,6 @@ def test_normalization_per_channel_and_pixels_at_the_ends():
 # ---------------------------------------------------------------------------------------------
 
 
-class _ModeRecorder(nn.Module):
-    """BatchNorm + Dropout, and a record of (model, batch norm, dropout) modes per forward."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(4 * 8 * 8, 10)
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append((self.training, self.bn.training, self.drop.training))
-        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
-
-
 MODE_CASES = [
     (None, (False, False, False)),
     ((False, True, True), (False, False, False)),
@@ -391,7 +376,7 @@ MODE_CASES = [
 
 @pytest.mark.parametrize("setting, during", MODE_CASES)
 def test_model_mode_during_the_attack_and_restored_after(setting, during):
-    model = _ModeRecorder()
+    model = ModeRecorder()
     model.train()
     model.bn.eval()  # a mixed state: torchattacks would turn it all to train afterwards
     atk = PGD(model, steps=2)
@@ -405,7 +390,7 @@ def test_model_mode_during_the_attack_and_restored_after(setting, during):
 @pytest.mark.parametrize("setting, during", MODE_CASES)
 def test_model_mode_during_the_attack_is_torchattacks_mode(setting, during):
     torchattacks = _torchattacks()
-    model = _ModeRecorder()
+    model = ModeRecorder()
     atk = torchattacks.PGD(model, steps=2)
     if setting is not None:
         atk.set_model_training_mode(*setting)
@@ -414,7 +399,7 @@ def test_model_mode_during_the_attack_is_torchattacks_mode(setting, during):
 
 
 def test_targets_use_eval_mode_and_modes_are_restored_on_errors():
-    model = _ModeRecorder()
+    model = ModeRecorder()
     model.train()
     atk = PGD(model, steps=1)
     atk.set_model_training_mode(model_training=True)
