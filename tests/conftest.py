@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 
 # Before anything initialises CUDA: deterministic training (used by the trainer tests) needs
 # cuBLAS's workspace setting in force from the first cuBLAS call of the process.
@@ -32,6 +33,22 @@ def pytest_report_header(config):
         f"cuda={EXT['cuda']} cuda_available={EXT['cuda_available']} openmp={EXT['openmp']} "
         f"torch={torch.__version__}"
     )
+
+
+def in_thread(fn):
+    """Run ``fn`` in a new thread and wait; return its result or the exception it raised."""
+    out = []
+
+    def run():
+        try:
+            out.append(fn())
+        except Exception as exc:  # handed to the test, which asserts on it
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return out[0]
 
 
 def free_port() -> int:

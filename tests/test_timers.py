@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd.timers as timers_mod
-from conftest import needs_cuda
+from conftest import in_thread, needs_cuda
 from fastpgd import _ext, timer_gather, timer_stats
 from fastpgd.timers import Timers
 
@@ -218,22 +218,6 @@ def test_a_clock_going_backwards_records_no_negative_lap_and_raises():
 
 
 # -- threads -------------------------------------------------------------------------
-
-
-def in_thread(fn):
-    """Run ``fn`` in a new thread and wait; return its result or the exception it raised."""
-    out = []
-
-    def run():
-        try:
-            out.append(fn())
-        except Exception as exc:  # handed to the test, which asserts on it
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return out[0]
 
 
 def enter_and_exit(t, name):

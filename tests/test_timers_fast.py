@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpgd.timers as timers_mod
-from conftest import needs_ext
+from conftest import in_thread, needs_ext
 from fastpgd import _ext
 from fastpgd.timers import PyTimers, Timers
 
@@ -111,22 +111,6 @@ def test_a_failing_on_claim_logs_nothing_and_is_retried(Section):
 
 
 # -- threads: a section is for the thread that claimed it ------------------------------
-
-
-def in_thread(fn):
-    """Run ``fn`` in a new thread and wait; return its result or the exception it raised."""
-    out = []
-
-    def run():
-        try:
-            out.append(fn())
-        except Exception as exc:  # handed to the test, which asserts on it
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return out[0]
 
 
 def enter_from_a_thread_that_stays(section):
