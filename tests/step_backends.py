@@ -12,6 +12,7 @@ import contextlib
 from unittest import mock
 
 import pytest
+import torch
 
 import fastpgd.step
 from fastpgd import _ext
@@ -29,3 +30,23 @@ def using(name: str):
     """Run ``fastpgd.pgd_step_`` (and the custom ops) on backend ``name`` inside the block."""
     with mock.patch.object(fastpgd.step, "_pgd_step_entry", ENTRIES[name]):
         yield
+
+
+class ViaDunder:
+    """A tensor seen only through ``__dlpack__`` and its lazy-view bits (no C exchange API), as
+    torch < 2.10 passes tensors to the compiled entry."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def __dlpack__(self, **kwargs):
+        return self.tensor.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.tensor.__dlpack_device__()
+
+    def is_neg(self) -> bool:
+        return self.tensor.is_neg()
+
+    def is_conj(self) -> bool:
+        return self.tensor.is_conj()

@@ -17,6 +17,7 @@ import torch
 
 import fastpgd
 from fastpgd import _ext, reference_pgd_step
+from step_backends import ViaDunder
 
 C = _ext.built
 needs_built = pytest.mark.skipif(C is None, reason="needs the compiled extension built")
@@ -144,25 +145,6 @@ def test_compiled_cpu_step_matches_reference():
 
 
 # --- lazily negated or conjugated views ---------------------------------------------------------
-
-
-class ViaDunder:
-    """A tensor seen only through ``__dlpack__`` (no C exchange API), as torch < 2.10 is."""
-
-    def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor
-
-    def __dlpack__(self, **kwargs):
-        return self.tensor.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self.tensor.__dlpack_device__()
-
-    def is_neg(self) -> bool:
-        return self.tensor.is_neg()
-
-    def is_conj(self) -> bool:
-        return self.tensor.is_conj()
 
 
 def _step_args():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import fastpgd
 from conftest import needs_ext
-from step_backends import needs_built, using
+from step_backends import ViaDunder, needs_built, using
 
 DTYPES = [
     torch.float32,
@@ -43,25 +43,6 @@ def _tensor(shape, dtype, layout, seed):
     elif layout == "expanded" and t.dim() >= 1:
         t = t[:1].expand(t.shape)
     return t
-
-
-class ViaDunder:
-    """A tensor seen only through ``__dlpack__`` and its lazy-view bits, as torch < 2.10 is."""
-
-    def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor
-
-    def __dlpack__(self, **kwargs):
-        return self.tensor.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self.tensor.__dlpack_device__()
-
-    def is_neg(self) -> bool:
-        return self.tensor.is_neg()
-
-    def is_conj(self) -> bool:
-        return self.tensor.is_conj()
 
 
 def unwrap(arg):
