@@ -27,9 +27,10 @@ __all__ = ["DATASET_DEFAULTS", "TrainConfig", "TrainResult"]
 #:   40 epochs gave no gain; lr 1e-4 needs about ten times the epochs on so few images.
 #: - ``cifar10``, ``cifar100``: the recipe of Rice et al. ("Overfitting in adversarially robust
 #:   deep learning", ICML 2020) that most later work follows, with Madry et al.'s CIFAR threat
-#:   model (eps 8/255; they trained with 7 steps of 2/255): PreAct ResNet-18, batch 128, SGD with momentum 0.9 and weight decay 5e-4, learning rate
-#:   0.1 divided by 10 at 50% and 75% of training (their epochs 100 and 150 of 200), PGD with
-#:   eps 8/255, step 2/255, 10 steps, random crops of 4-pixel padding and horizontal flips;
+#:   model (eps 8/255; they trained with 7 steps of 2/255): PreAct ResNet-18, batch 128, SGD
+#:   with momentum 0.9 and weight decay 5e-4, learning rate 0.1 divided by 10 at 50% and 75% of
+#:   training (their epochs 100 and 150 of 200), PGD with eps 8/255, step 2/255, 10 steps,
+#:   random crops of 4-pixel padding and horizontal flips;
 #:   evaluated with PGD-20 (here with 3 restarts).
 #: - ``synthetic``: the MNIST attack on random 28x28 images, for benchmarks; 1 epoch.
 DATASET_DEFAULTS: dict[str, dict] = {
