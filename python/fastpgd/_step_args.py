@@ -279,7 +279,7 @@ def as_tensor(obj, name: str, in_place: bool, stream: int = 0) -> torch.Tensor:
     raise TypeError(f"{name} must be a tensor (an object supporting DLPack), got {type_name(obj)}")
 
 
-def _check_like(t: torch.Tensor, x: torch.Tensor, name: str, in_place: bool) -> None:
+def _check_dtype_device(t: torch.Tensor, x: torch.Tensor, name: str) -> None:
     if t.dtype != x.dtype:
         raise TypeError(
             f"{name} must have the same dtype as x_adv, got {dtype_name(t.dtype)} "
@@ -290,6 +290,10 @@ def _check_like(t: torch.Tensor, x: torch.Tensor, name: str, in_place: bool) -> 
             f"{name} must be on the same device as x_adv, got {device_name(t.device)} "
             f"and {device_name(x.device)}"
         )
+
+
+def _check_like(t: torch.Tensor, x: torch.Tensor, name: str, in_place: bool) -> None:
+    _check_dtype_device(t, x, name)
     if t.shape != x.shape:
         raise ValueError(
             f"{name} must have the same shape as x_adv, got {shape_str(t)} and {shape_str(x)}"
@@ -349,16 +353,7 @@ def checked(x_adv, grad, x0, eps, alpha, norm, clamp, *, in_place: bool, stream:
 
 def _checked_eps(e: torch.Tensor, x: torch.Tensor, in_place: bool) -> torch.Tensor:
     batch = x.shape[0] if x.dim() > 0 else 1
-    if e.dtype != x.dtype:
-        raise TypeError(
-            f"eps must have the same dtype as x_adv, got {dtype_name(e.dtype)} "
-            f"and {dtype_name(x.dtype)}"
-        )
-    if e.device != x.device:
-        raise ValueError(
-            f"eps must be on the same device as x_adv, got {device_name(e.device)} "
-            f"and {device_name(x.device)}"
-        )
+    _check_dtype_device(e, x, "eps")
     if e.dim() != 1 or e.shape[0] != batch:
         raise ValueError(
             f"eps must be a float or a 1-D tensor with one value per sample ({batch}), "
