@@ -24,7 +24,7 @@ from fastpgd.trainer import state as _state
 from fastpgd.trainer.batches import BatchSource, EpochOrder, augment_crop_flip
 from fastpgd.trainer.captured_step import CapturedTrainStep
 from fastpgd.trainer.config import EVAL_SEED_OFFSET, TrainConfig, TrainResult, pixel_budget
-from fastpgd.trainer.distributed import init_distributed, pick_device
+from fastpgd.trainer.distributed import _wants_cuda, init_distributed, pick_device
 from fastpgd.trainer.numerics import (
     AMP_DTYPES,
     autocast,
@@ -192,8 +192,7 @@ class Trainer:
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = c = config.resolved()
         self.out = out if out is not None else sys.stdout
-        if c.deterministic and (c.device.startswith("cuda") or
-                                (c.device == "auto" and torch.cuda.is_available())):  # fmt: skip
+        if c.deterministic and _wants_cuda(c.device):
             # Before anything touches CUDA: cuBLAS reads its workspace setting once.
             require_cublas_workspace(torch.device("cuda"))
         self.dist = init_distributed(c.device)
@@ -603,7 +602,8 @@ class Trainer:
                         loss, logits = self._one_step(x, y, idx)
                     self.step += 1
                     self.position += 1
-                    progress.add(loss, logits, y)
+                    if not bar.disable:  # the sums feed only the bar: no work without it
+                        progress.add(loss, logits, y)
                     bar.update(1)
                     if not bar.disable and (self.step % PROGRESS_EVERY == 0 or self.step == total):
                         shown = progress.read()
@@ -726,6 +726,7 @@ class Trainer:
         step_fn = reference_pgd_step if c.attack == "reference" else pgd_step_
         n = x.shape[0]
         delta = self.free_delta[:n]  # the last batch of an epoch may be smaller
+        x0 = x.contiguous()  # the step's x0; x itself is channels_last under --channels-last
         for _ in range(c.free_replays):
             with self.timers("forward"):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -738,11 +739,9 @@ class Trainer:
             with self.timers("update"):
                 self._optimizer_step()
             with self.timers("attack"):
-                grad = x_adv.grad
-                if not grad.is_contiguous():  # a channels_last model's input gradient
-                    grad = grad.contiguous()
+                grad = x_adv.grad.contiguous()  # a channels_last model's is not
                 # alpha = eps: the paper's step for free training (FGSM-size on each replay).
-                moved = step_fn(x_adv.detach().contiguous(), grad, x.contiguous(), eps=c.eps,
+                moved = step_fn(x_adv.detach().contiguous(), grad, x0, eps=c.eps,
                                 alpha=c.eps, norm="linf", clamp=(0.0, 1.0))  # fmt: skip
                 torch.sub(moved, x, out=delta)
         return loss, logits
