@@ -634,6 +634,26 @@ def test_reset_forgets_everything_and_cached_sections_keep_working():
     assert t.parents() == {"inner": None}
 
 
+def test_reset_while_the_owner_creates_a_section():
+    # The owner creates a section without the lock (timers(name) for a new name), so one can
+    # appear while another thread's reset() walks the sections. A section whose clearing runs
+    # that creation stands in for the interleaving.
+    t, clock = make()
+
+    class CreatesOnClear:
+        _first = False
+
+        def _clear(self):
+            t("late")
+
+    t._sections["stub"] = CreatesOnClear()
+    t.reset()
+    del t._sections["stub"]
+    with t("late"):
+        clock.advance(4)
+    assert t.laps("late") == [4e-9] and t.names() == ["late"]
+
+
 def test_reset_discards_open_blocks():
     t, clock = make()
     with t("x"):

@@ -669,7 +669,9 @@ class _TimersMethods:
         Also releases the Timers: the next thread to enter a section times it.
         """
         with self._lock:
-            for section in self._sections.values():
+            # A copy: the owner creates sections without the lock (timers(name) for a new
+            # name); one created meanwhile is fresh already.
+            for section in list(self._sections.values()):
                 # Unclaimed first: the owner's next enter then waits for this lock, and its
                 # exits are ignored, so nothing it does meanwhile outlives the clear.
                 section._first = True
