@@ -95,13 +95,6 @@ _COMMON = dict(dataset="synthetic", attack="fused", lr_schedule="constant", eval
                report_every=0, quiet=True)  # fmt: skip
 
 
-def _check_count(name: str, value, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < least:
-        raise ValueError(f"{name} must be >= {least}, got {value}")
-
-
 def _variant_names(variants) -> list[str]:
     if variants is None:
         return list(VARIANTS)
@@ -243,17 +236,18 @@ def run_train_bench(
     """
     from fastpgd.data import synthetic
     from fastpgd.trainer import TrainConfig
+    from fastpgd.trainer.config import _check_int
 
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}; got {workload!r}")
     names = _variant_names(variants)
-    _check_count("steps", steps, 1)
-    _check_count("warmup", warmup, 0)
-    _check_count("seed", seed, 0)
+    _check_int("steps", steps, 1)
+    _check_int("warmup", warmup, 0)
+    _check_int("seed", seed, 0)
     for name, value in (("batch_size", batch_size), ("image_size", image_size),
                         ("attack_steps", attack_steps)):  # fmt: skip
         if value is not None:
-            _check_count(name, value, 1)
+            _check_int(name, value, 1)
     dev = check_device(device)
     if json_path:
         check_writable("json_path", json_path)

@@ -15,6 +15,7 @@ batch. Where the two libraries differ, the class docstrings say how.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import sys
@@ -23,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fastpgd.attack import fused_pgd
+from fastpgd.attack import _check_count, fused_pgd
 
 __all__ = ["PGD", "PGDL2"]
 
@@ -76,14 +77,6 @@ def _real(name: str, value) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
-
-
-def _steps(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
 
 
 def _flag(name: str, value) -> bool:
@@ -216,7 +209,7 @@ class _TorchattacksStylePGD:
     model = _Checked(_module)
     eps = _Checked(_real)
     alpha = _Checked(_real)
-    steps = _Checked(_steps)
+    steps = _Checked(functools.partial(_check_count, least=0))
     random_start = _Checked(_flag)
     cuda_graph = _Checked(_flag)
     amp_dtype = _Checked(_amp_dtype)

@@ -15,6 +15,8 @@ import numbers
 
 import torch
 
+from fastpgd.attack import _check_count
+
 __all__ = ["ReplayMemory"]
 
 _LOCATIONS = ("device", "pinned")
@@ -24,13 +26,6 @@ _INT8_LEVELS = 127  # symmetric: q in [-127, 127], so -eps and +eps are both exa
 # What state_dict() writes and load_state_dict() needs.
 _STATE_KEYS = ("size", "shape", "eps", "storage_dtype", "reset_every", "epoch", "resets", "data",
                "written")  # fmt: skip
-
-
-def _check_count(key: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"state['{key}'] must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"state['{key}'] must be >= 0, got {value}")
 
 
 class ReplayMemory:
@@ -403,8 +398,8 @@ class ReplayMemory:
                 )
         epoch, resets = state["epoch"], state["resets"]
         if epoch is not None:
-            _check_count("epoch", epoch)
-        _check_count("resets", resets)
+            _check_count("state['epoch']", epoch, 0)
+        _check_count("state['resets']", resets, 0)
         if data.is_floating_point() and not bool(torch.isfinite(data).all()):
             raise ValueError("state['data'] must be finite, got NaN or inf")
         # gather returns the stored row of a fresh entry: it must be the zeros a reset leaves.
