@@ -56,9 +56,7 @@ def build_model(name: str, in_channels: int, image_size: int, num_classes: int) 
             f"model {name!r} takes 3x32x32 (CIFAR-size) images, got "
             f"{in_channels}x{image_size}x{image_size}; use model 'madry-cnn'"
         )
-    if name == "preact-resnet18":
-        return models.PreActResNet18(num_classes=num_classes)
-    return models.WideResNet(depth=34, widen_factor=10, num_classes=num_classes)
+    return models.MODELS[name](num_classes)
 
 
 def _model_signature(name: str, in_channels: int, image_size: int, num_classes: int) -> dict:
