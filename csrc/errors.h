@@ -17,4 +17,11 @@ struct ArgumentValueError : std::invalid_argument {
   explicit ArgumentValueError(const std::string& message) : std::invalid_argument(message) {}
 };
 
+[[noreturn]] inline void throw_type_error(const std::string& message) {
+  throw ArgumentTypeError(message);
+}
+[[noreturn]] inline void throw_value_error(const std::string& message) {
+  throw ArgumentValueError(message);
+}
+
 }  // namespace fastpgd

@@ -26,13 +26,6 @@
 
 namespace fastpgd {
 
-[[noreturn]] inline void throw_type_error(const std::string& msg) {
-  throw ArgumentTypeError(msg);
-}
-[[noreturn]] inline void throw_value_error(const std::string& msg) {
-  throw ArgumentValueError(msg);
-}
-
 inline std::string type_name(PyObject* obj) { return Py_TYPE(obj)->tp_name; }
 
 // Turns the pending Python exception into an argument error naming `what`: BufferError (a

@@ -13,9 +13,6 @@
 namespace fastpgd {
 namespace {
 
-[[noreturn]] void type_error(const std::string& message) { throw ArgumentTypeError(message); }
-[[noreturn]] void value_error(const std::string& message) { throw ArgumentValueError(message); }
-
 std::string dtype_name(const DLDataType& t) {
   std::string base;
   switch (t.code) {
@@ -84,7 +81,7 @@ DType to_dtype(const DLDataType& t, const char* name) {
     if (t.code == kDLFloat && t.bits == 16) return DType::kFloat16;
     if (t.code == kDLBfloat && t.bits == 16) return DType::kBFloat16;
   }
-  type_error(std::string(name) +
+  throw_type_error(std::string(name) +
              " must be a floating-point tensor (float16, bfloat16, float32 or float64), got " +
              dtype_name(t));
 }
@@ -135,21 +132,21 @@ double load_as_double(const void* p, DType d, int64_t i) {
 // Checks an x_adv-like tensor against x_adv (dtype, device, shape, contiguity).
 void check_like(const DLTensor& t, const DLTensor& x, const char* name) {
   if (!same_dtype(t.dtype, x.dtype)) {
-    type_error(std::string(name) + " must have the same dtype as x_adv, got " +
+    throw_type_error(std::string(name) + " must have the same dtype as x_adv, got " +
                dtype_name(t.dtype) + " and " + dtype_name(x.dtype));
   }
   if (!same_device(t.device, x.device)) {
-    value_error(std::string(name) + " must be on the same device as x_adv, got " +
+    throw_value_error(std::string(name) + " must be on the same device as x_adv, got " +
                 device_name(t.device) + " and " + device_name(x.device));
   }
   bool same_shape = t.ndim == x.ndim;
   for (int i = 0; same_shape && i < t.ndim; ++i) same_shape = t.shape[i] == x.shape[i];
   if (!same_shape) {
-    value_error(std::string(name) + " must have the same shape as x_adv, got " + shape_str(t) +
+    throw_value_error(std::string(name) + " must have the same shape as x_adv, got " + shape_str(t) +
                 " and " + shape_str(x));
   }
   if (!is_contiguous(t)) {
-    value_error(std::string(name) + " must be contiguous, got strides " + strides_str(t) +
+    throw_value_error(std::string(name) + " must be contiguous, got strides " + strides_str(t) +
                 " for shape " + shape_str(t) + " (call .contiguous())");
   }
 }
@@ -157,20 +154,20 @@ void check_like(const DLTensor& t, const DLTensor& x, const char* name) {
 }  // namespace
 
 void check_alpha(double alpha) {
-  if (!std::isfinite(alpha)) value_error("alpha must be finite, got " + num_str(alpha));
+  if (!std::isfinite(alpha)) throw_value_error("alpha must be finite, got " + num_str(alpha));
 }
 
 void check_clamp(double lo, double hi) {
   if (std::isnan(lo) || std::isnan(hi)) {
-    value_error("clamp bounds must not be NaN, got (" + num_str(lo) + ", " + num_str(hi) + ")");
+    throw_value_error("clamp bounds must not be NaN, got (" + num_str(lo) + ", " + num_str(hi) + ")");
   }
   if (lo > hi) {
-    value_error("clamp must have lo <= hi, got (" + num_str(lo) + ", " + num_str(hi) + ")");
+    throw_value_error("clamp must have lo <= hi, got (" + num_str(lo) + ", " + num_str(hi) + ")");
   }
 }
 
 void check_eps(double eps) {
-  if (!(eps >= 0.0)) value_error("eps must be >= 0 and not NaN, got " + num_str(eps));
+  if (!(eps >= 0.0)) throw_value_error("eps must be >= 0 and not NaN, got " + num_str(eps));
 }
 
 StepParams check_step(const StepTensors& tensors, const StepParams& scalars) {
@@ -182,27 +179,27 @@ StepParams check_step(const StepTensors& tensors, const StepParams& scalars) {
   check_like(g, x, "grad");
   check_like(x0, x, "x0");
   if (!is_contiguous(x)) {
-    value_error("x_adv must be contiguous, got strides " + strides_str(x) + " for shape " +
+    throw_value_error("x_adv must be contiguous, got strides " + strides_str(x) + " for shape " +
                 shape_str(x) + " (call .contiguous())");
   }
-  if (tensors.x_adv_read_only) value_error("x_adv is read-only, but it is updated in place");
+  if (tensors.x_adv_read_only) throw_value_error("x_adv is read-only, but it is updated in place");
   const DLDevice dev = x.device;
   if (dev.device_type != kDLCPU && dev.device_type != kDLCUDA) {
-    value_error("x_adv is on " + device_name(dev) + "; fastpgd supports cpu and cuda tensors");
+    throw_value_error("x_adv is on " + device_name(dev) + "; fastpgd supports cpu and cuda tensors");
   }
 #ifndef FASTPGD_WITH_CUDA
   if (dev.device_type == kDLCUDA) {
-    value_error("x_adv is on " + device_name(dev) +
+    throw_value_error("x_adv is on " + device_name(dev) +
                 ", but this build of fastpgd has no CUDA kernels; reinstall it where nvcc is "
                 "found (see fastpgd.extension_info())");
   }
 #endif
   const int64_t isz = int64_t(itemsize(p.dtype));
   if (overlaps(x, g, isz, isz)) {
-    value_error("x_adv must not overlap grad: it is written while grad is read");
+    throw_value_error("x_adv must not overlap grad: it is written while grad is read");
   }
   if (overlaps(x, x0, isz, isz)) {
-    value_error("x_adv must not overlap x0: it is written while x0 is read");
+    throw_value_error("x_adv must not overlap x0: it is written while x0 is read");
   }
   p.batch = x.ndim == 0 ? 1 : x.shape[0];
   p.sample_numel = 1;
@@ -211,20 +208,20 @@ StepParams check_step(const StepTensors& tensors, const StepParams& scalars) {
   if (tensors.eps != nullptr) {
     const DLTensor& e = *tensors.eps;
     if (!same_dtype(e.dtype, x.dtype)) {
-      type_error("eps must have the same dtype as x_adv, got " + dtype_name(e.dtype) + " and " +
+      throw_type_error("eps must have the same dtype as x_adv, got " + dtype_name(e.dtype) + " and " +
                  dtype_name(x.dtype));
     }
     if (!same_device(e.device, dev)) {
-      value_error("eps must be on the same device as x_adv, got " + device_name(e.device) +
+      throw_value_error("eps must be on the same device as x_adv, got " + device_name(e.device) +
                   " and " + device_name(dev));
     }
     if (e.ndim != 1 || e.shape[0] != p.batch) {
-      value_error("eps must be a float or a 1-D tensor with one value per sample (" +
+      throw_value_error("eps must be a float or a 1-D tensor with one value per sample (" +
                   std::to_string(p.batch) + "), got shape " + shape_str(e));
     }
-    if (!is_contiguous(e)) value_error("eps must be contiguous, got strides " + strides_str(e));
+    if (!is_contiguous(e)) throw_value_error("eps must be contiguous, got strides " + strides_str(e));
     if (overlaps(x, e, isz, isz)) {
-      value_error("x_adv must not overlap eps: it is written while eps is read");
+      throw_value_error("x_adv must not overlap eps: it is written while eps is read");
     }
     p.eps_per_sample = begin_ptr(e);
     // On the CPU the values are checked here; on CUDA that would cost a device sync, so a
@@ -233,7 +230,7 @@ StepParams check_step(const StepTensors& tensors, const StepParams& scalars) {
       for (int64_t i = 0; i < p.batch; ++i) {
         const double v = load_as_double(p.eps_per_sample, p.dtype, i);
         if (!(v >= 0.0)) {
-          value_error("eps must be >= 0 and not NaN, got " + num_str(v) + " for sample " +
+          throw_value_error("eps must be >= 0 and not NaN, got " + num_str(v) + " for sample " +
                       std::to_string(i));
         }
       }
@@ -248,7 +245,6 @@ StepParams check_step(const StepTensors& tensors, const StepParams& scalars) {
 }
 
 void run_step(const StepParams& p, void* cuda_stream) {
-  if (p.batch == 0 || p.sample_numel == 0) return;
   if (!p.cuda) {
     pgd_step_cpu(p);
     return;
@@ -266,16 +262,16 @@ void cast(const DLTensor& s, const DLTensor& d, bool dst_read_only) {
   const DType sd = to_dtype(s.dtype, "src"), dd = to_dtype(d.dtype, "dst");
   if ((sd == DType::kFloat32) == (dd == DType::kFloat32) || sd == DType::kFloat64 ||
       dd == DType::kFloat64) {
-    type_error("_cast converts between float32 and float16/bfloat16");
+    throw_type_error("_cast converts between float32 and float16/bfloat16");
   }
   if (s.device.device_type != kDLCPU || d.device.device_type != kDLCPU) {
-    value_error("_cast works on cpu tensors");
+    throw_value_error("_cast works on cpu tensors");
   }
   if (numel(s) != numel(d) || !is_contiguous(s) || !is_contiguous(d) || dst_read_only) {
-    value_error("_cast needs contiguous tensors of the same size, dst writable");
+    throw_value_error("_cast needs contiguous tensors of the same size, dst writable");
   }
   if (overlaps(s, d, int64_t(itemsize(sd)), int64_t(itemsize(dd)))) {
-    value_error("_cast needs dst not to overlap src");
+    throw_value_error("_cast needs dst not to overlap src");
   }
   cast_cpu(begin_ptr(s), sd, const_cast<char*>(begin_ptr(d)), dd, numel(s));
 }
