@@ -547,38 +547,41 @@ def _check_flags(args: argparse.Namespace) -> str | None:
     return None
 
 
-# The defaults of the flags whose meaning or default depends on the mode (their help says so).
-_ATTACK_DEFAULTS = dict(dtype="float32", repeats=5, warmup=1, per_example_subset=10)
-_TRAIN_DEFAULTS = dict(steps=50, warmup=5)
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     problem = _check_flags(args)
     if problem:
         return _fail(problem)
-    defaults = _TRAIN_DEFAULTS if args.train else _ATTACK_DEFAULTS
-    # The flags as given, with the mode's defaults for those left out.
-    flags = vars(args) | {k: v for k, v in defaults.items() if getattr(args, k) is None}
+    # A flag left out (None) is left out of the call too: the function's default applies (a
+    # mode-dependent one, such as --steps, 50 with --train and the workload's otherwise).
     common = dict(
-        device=flags["device"],
-        batch_size=flags["batch_size"],
-        steps=flags["steps"],
-        warmup=flags["warmup"],
-        seed=flags["seed"],
-        json_path=flags["json"],
-        quiet=flags["quiet"],
+        device=args.device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        seed=args.seed,
+        json_path=args.json,
+        quiet=args.quiet,
     )
+    if args.train:
+        mode = dict(
+            variants=args.variants, image_size=args.image_size, attack_steps=args.attack_steps
+        )
+    else:
+        mode = dict(
+            dtype=args.dtype,
+            repeats=args.repeats,
+            methods=args.methods,
+            per_example_subset=args.per_example_subset,
+            plot_path=args.plot,
+        )
+    given = {k: v for k, v in (common | mode).items() if v is not None}
     try:
         if args.train:
             from fastpgd.bench_train import run_train_bench
 
-            run_train_bench(flags["workload"], variants=flags["variants"],
-                            image_size=flags["image_size"], attack_steps=flags["attack_steps"],
-                            **common)  # fmt: skip
+            run_train_bench(args.workload, **given)
         else:
-            run_bench(flags["workload"], dtype=flags["dtype"], repeats=flags["repeats"],
-                      methods=flags["methods"], per_example_subset=flags["per_example_subset"],
-                      plot_path=flags["plot"], **common)  # fmt: skip
+            run_bench(args.workload, **given)
     except (ValueError, TypeError) as exc:
         # A setting the benchmark or the trainer refuses; anything else is a bug and keeps its
         # traceback.
