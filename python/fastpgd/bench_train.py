@@ -39,35 +39,37 @@ import torch
 
 from fastpgd._paths import check_writable
 from fastpgd.bench import _machine, check_device
+from fastpgd.trainer.config import DATASET_DEFAULTS, SGD_MOMENTUM
 
 __all__ = ["VARIANTS", "WORKLOADS", "format_train_table", "run_train_bench"]
+
+# The TrainConfig fields that set the cost of a step, taken from a dataset's training recipe (not
+# its epochs, evaluation or learning-rate schedule: a benchmark runs a few steps at one rate).
+_STEP_FIELDS = ("model", "batch_size", "attack_steps", "eps", "alpha", "optimizer", "lr",
+                "weight_decay", "augment")  # fmt: skip
+
+
+def _step_recipe(dataset: str) -> dict:
+    recipe = DATASET_DEFAULTS[dataset]
+    return {name: recipe[name] for name in _STEP_FIELDS}
+
 
 #: What each workload trains: the images (``channels`` x ``image_size`` x ``image_size``) and the
 #: :class:`~fastpgd.trainer.TrainConfig` fields that set the cost of a step. Adding a workload is
 #: adding an entry.
 WORKLOADS: dict[str, dict] = {
     # The reference workload of the design notes: Madry et al.'s MNIST setting (their CNN, batch
-    # 50, PGD-40 with eps 0.3 and step 0.01, Adam 1e-4).
-    "madry-mnist": dict(
-        channels=1,
-        image_size=28,
-        config=dict(
-            model="madry-cnn", batch_size=50, attack_steps=40, eps=0.3, alpha=0.01,
-            optimizer="adam", lr=1e-4, weight_decay=0.0, augment=False,
-        ),
-    ),
-    # Rice et al.'s CIFAR-10 recipe: PreAct ResNet-18, batch 128, PGD-10 at 8/255 with steps of
-    # 2/255, SGD with momentum and weight decay, crops and flips on the device.
+    # 50, PGD-40 with eps 0.3 and step 0.01, Adam 1e-4), as `fastpgd train --dataset mnist`.
+    "madry-mnist": dict(channels=1, image_size=28, config=_step_recipe("mnist")),
+    # Rice et al.'s CIFAR-10 recipe, as `fastpgd train --dataset cifar10`: PreAct ResNet-18,
+    # batch 128, PGD-10 at 8/255 with steps of 2/255, SGD with momentum and weight decay, crops
+    # and flips on the device.
     "cifar-preact": dict(
         channels=3,
         image_size=32,
-        config=dict(
-            model="preact-resnet18", batch_size=128, attack_steps=10, eps=8 / 255,
-            alpha=2 / 255, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
-            augment=True,
-        ),
+        config=_step_recipe("cifar10") | dict(momentum=SGD_MOMENTUM),
     ),
-}  # fmt: skip
+}
 
 # Asks for the faster graph mode of this run (see _graph_mode_for).
 FASTEST_GRAPH = "fastest"
