@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "CIFAR_CLASSES",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "CIFARFormatError",
@@ -109,6 +110,9 @@ _LAYOUTS = {
         images_per_file={"train": 50_000, "test": 10_000},
     ),
 }
+
+#: The classes of each dataset's labels (CIFAR-100: its fine labels).
+CIFAR_CLASSES = {name: layout.num_classes for name, layout in _LAYOUTS.items()}
 
 
 # ----------------------------------------------------------------------------------------------

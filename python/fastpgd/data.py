@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastpgd.cifar import CIFARFormatError, read_cifar
+from fastpgd.cifar import CIFAR_CLASSES, CIFARFormatError, read_cifar
 
 __all__ = [
     "CIFARFormatError",
@@ -47,7 +47,6 @@ __all__ = [
 #: Names accepted by :func:`load_dataset`.
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic")
 
-_CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the files; the default ``data_dir``
 #: of ``fashion-mnist`` when it exists.
@@ -397,13 +396,13 @@ def load_dataset(
         return ImageDataset(
             ds.images[synthetic_size:].clone(), ds.labels[synthetic_size:].clone(), name="synthetic"
         )
-    if name in _CIFAR_CLASSES:
+    if name in CIFAR_CLASSES:
         images, labels = read_cifar(name, split, data_dir)
         return ImageDataset(
             torch.from_numpy(images),
             torch.from_numpy(labels),
             scale=255.0,
-            num_classes=_CIFAR_CLASSES[name],
+            num_classes=CIFAR_CLASSES[name],
             name=name,
         )
     if data_dir is None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastpgd.cifar import CIFAR_MEAN, CIFAR_STD
+from fastpgd.cifar import CIFAR_CLASSES, CIFAR_MEAN, CIFAR_STD
 
 __all__ = [
     "MODELS",
@@ -171,7 +171,7 @@ def _cifar_normalize(num_classes, mean, std) -> Normalize:
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together (or neither, for CIFAR's own)")
     if mean is None:
-        dataset = {10: "cifar10", 100: "cifar100"}.get(num_classes)
+        dataset = {n: name for name, n in CIFAR_CLASSES.items()}.get(num_classes)
         if dataset is None:
             raise ValueError(
                 f"mean and std are required for num_classes={num_classes}: the defaults are "
