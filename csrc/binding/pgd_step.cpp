@@ -48,19 +48,6 @@ bool is_tensor_like(PyObject* obj) {
                                 "__dlpack_c_exchange_api__");
 }
 
-// Lets other Python threads run while a large CPU step computes; takes the GIL back on every
-// way out, exceptions included.
-class GilReleased {
- public:
-  GilReleased() : state_(PyEval_SaveThread()) {}
-  ~GilReleased() { PyEval_RestoreThread(state_); }
-  GilReleased(const GilReleased&) = delete;
-  GilReleased& operator=(const GilReleased&) = delete;
-
- private:
-  PyThreadState* state_;
-};
-
 // Below this many elements the step is over before another thread could use the GIL.
 constexpr int64_t kReleaseGilNumel = int64_t(1) << 16;
 
@@ -132,7 +119,8 @@ PyObject* pgd_step_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 
   if (!p.cuda) {
     if (p.batch * p.sample_numel >= kReleaseGilNumel) {
-      GilReleased released;
+      // Other Python threads run meanwhile; the GIL comes back on every way out.
+      pybind11::gil_scoped_release released;
       run_step(p, nullptr);
     } else {
       run_step(p, nullptr);
