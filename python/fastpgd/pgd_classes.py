@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fastpgd.attack import _check_count, fused_pgd
+from fastpgd.attack import _check_count, _model_device, _model_mode, fused_pgd
 
 __all__ = ["PGD", "PGDL2"]
 
@@ -134,9 +134,7 @@ def _modes(model: nn.Module, training: bool, batchnorm: bool = False, dropout: b
     modules whose class name contains ``BatchNorm`` (``Dropout``), which follow ``batchnorm``
     (``dropout``). torchattacks matches class names, so a user's ``MyBatchNorm`` counts too.
     """
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.train(training)
+    with _model_mode(model, "train" if training else "eval"):
         if training:
             for m in model.modules():
                 kind = type(m).__name__
@@ -145,9 +143,6 @@ def _modes(model: nn.Module, training: bool, batchnorm: bool = False, dropout: b
                 elif "Dropout" in kind:
                     m.train(dropout)
         yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 class _Normalized(nn.Module):
@@ -533,10 +528,9 @@ class _TorchattacksStylePGD:
     def _run_device(self, images) -> torch.device:
         if self._device is not None:
             return self._device
-        for t in self.model.parameters():
-            return t.device
-        for t in self.model.buffers():
-            return t.device
+        device = _model_device(self.model)
+        if device is not None:
+            return device
         return images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
 
     def _check_images(self, images, name: str) -> torch.Tensor:
