@@ -13,8 +13,9 @@ from torch import nn
 
 from attack_common import HostReadError, ModeRecorder, batch, gen, no_host_reads, small_cnn
 from conftest import DEVICES, needs_cuda
-from fastpgd import attack as attack_mod
-from fastpgd.attack import fused_pgd, per_sample_view, random_delta, reference_pgd
+from fastpgd.attacks import _common
+from fastpgd.attacks import pgd as attack_mod
+from fastpgd.attacks.pgd import fused_pgd, per_sample_view, random_delta, reference_pgd
 from fastpgd.data import load_digits
 from fastpgd.models import MadryCNN
 
@@ -622,13 +623,15 @@ def test_labels_checked_against_the_models_outputs():
 
 def test_labels_checked_once_per_call_not_per_step(monkeypatch):
     checked = []
-    check = attack_mod._check_label_range
+    check = _common.check_label_range
 
     def spy(label_range, num_classes):
         checked.append(num_classes)
         check(label_range, num_classes)
 
-    monkeypatch.setattr(attack_mod, "_check_label_range", spy)
+    # ClassCount checks through _common, a cache hit through the pgd module.
+    monkeypatch.setattr(_common, "check_label_range", spy)
+    monkeypatch.setattr(attack_mod, "check_label_range", spy)
     model = small_cnn()
     x, y = batch()
     fused_pgd(model, x, y, eps=0.3, alpha=0.05, steps=5, restarts=3)
@@ -863,3 +866,14 @@ def test_per_sample_view():
 def test_attack_module_examples_run():
     result = doctest.testmod(attack_mod)
     assert result.attempted >= 6 and result.failed == 0
+
+
+def test_names_import_from_where_they_did_before_the_attacks_package():
+    import fastpgd
+    from fastpgd import attack, attack_graph, attacks, pgd_classes
+
+    assert attack.fused_pgd is attacks.fused_pgd is fastpgd.fused_pgd
+    assert attack.reference_pgd is attacks.reference_pgd
+    assert attack.random_delta is attacks.random_delta
+    assert pgd_classes.PGD is attacks.PGD and pgd_classes.PGDL2 is attacks.PGDL2
+    assert attack_graph.GRAPH_CACHE is attacks.graph.GRAPH_CACHE

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 
 from attack_common import batch, gen, small_cnn
 from conftest import needs_cuda
-from fastpgd import attack as attack_mod
-from fastpgd import attack_graph
-from fastpgd.attack import fused_pgd, reference_pgd
-from fastpgd.attack_graph import GraphCache
+from fastpgd.attacks import _common
+from fastpgd.attacks import graph as attack_graph
+from fastpgd.attacks import pgd as attack_mod
+from fastpgd.attacks.graph import GraphCache
+from fastpgd.attacks.pgd import fused_pgd, reference_pgd
 from fastpgd.step import pgd_step_, reference_pgd_step
 
 ATTACKS = [fused_pgd, reference_pgd]
@@ -240,14 +241,16 @@ def test_labels_are_checked_outside_the_graph(cache, monkeypatch):
     x, y = batch()
     graphs = []
     checked = []
-    check = attack_mod._check_label_range
+    check = _common.check_label_range
 
     def spy(label_range, num_classes):
         assert not any(g.inside for g in graphs), "label check inside the captured step"
         checked.append(num_classes)
         check(label_range, num_classes)
 
-    monkeypatch.setattr(attack_mod, "_check_label_range", spy)
+    # ClassCount checks through _common, a cache hit through the pgd module.
+    monkeypatch.setattr(_common, "check_label_range", spy)
+    monkeypatch.setattr(attack_mod, "check_label_range", spy)
     kw = dict(eps=0.3, alpha=0.05, steps=2)
     bad = y.clone()
     bad[2] = 10

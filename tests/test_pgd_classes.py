@@ -14,7 +14,8 @@ from torch import nn
 
 from attack_common import ModeRecorder
 from conftest import needs_cuda
-from fastpgd import PGD, PGDL2, fused_pgd, pgd_classes
+from fastpgd import PGD, PGDL2, fused_pgd
+from fastpgd.attacks import classes as pgd_classes
 from fastpgd.data import load_dataset
 from fastpgd.models import MadryCNN
 

@@ -8,8 +8,7 @@ and a fused, batched PGD attack whose update step is one C++/CUDA kernel.
 __version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it
 
 from fastpgd._ext import extension_info
-from fastpgd.attack import fused_pgd, reference_pgd
-from fastpgd.pgd_classes import PGD, PGDL2
+from fastpgd.attacks import PGD, PGDL2, fused_pgd, reference_pgd
 from fastpgd.replay import ReplayMemory
 from fastpgd.step import pgd_step_, reference_pgd_step
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError

@@ -286,7 +286,7 @@ def run_bench(
         >>> result["methods"]["fused"]["status"]
         'ok'
     """
-    from fastpgd.attack import fused_pgd, reference_pgd
+    from fastpgd.attacks.pgd import fused_pgd, reference_pgd
 
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {sorted(WORKLOADS)}, got {workload!r}")

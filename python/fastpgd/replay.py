@@ -15,7 +15,7 @@ import numbers
 
 import torch
 
-from fastpgd.attack import _check_count
+from fastpgd.attacks._common import check_count
 
 __all__ = ["ReplayMemory"]
 
@@ -398,8 +398,8 @@ class ReplayMemory:
                 )
         epoch, resets = state["epoch"], state["resets"]
         if epoch is not None:
-            _check_count("state['epoch']", epoch, 0)
-        _check_count("state['resets']", resets, 0)
+            check_count("state['epoch']", epoch, 0)
+        check_count("state['resets']", resets, 0)
         if data.is_floating_point() and not bool(torch.isfinite(data).all()):
             raise ValueError("state['data'] must be finite, got NaN or inf")
         # gather returns the stored row of a fresh entry: it must be the zeros a reset leaves.

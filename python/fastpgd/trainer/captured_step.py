@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastpgd.attack import random_delta
+from fastpgd.attacks.pgd import random_delta
 from fastpgd.trainer.numerics import autocast
 
 __all__ = ["CapturedTrainStep", "CudaGraph"]

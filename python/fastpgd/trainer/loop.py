@@ -299,7 +299,7 @@ class Trainer:
         return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def _attack_function(self):
-        from fastpgd import attack
+        from fastpgd.attacks import pgd as attack
 
         if self.config.attack == "reference":
             return attack.reference_pgd
@@ -702,7 +702,7 @@ class Trainer:
             steps = c.replay_steps
             if n_fresh:
                 # Some entries were never written: random starts for them and the full attack.
-                from fastpgd.attack import per_sample_view, random_delta
+                from fastpgd.attacks.pgd import per_sample_view, random_delta
 
                 start = random_delta(x, c.eps, "linf", self.attack_gen)
                 mask = per_sample_view(fresh.to(self.device, non_blocking=True), x)
