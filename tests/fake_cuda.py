@@ -14,7 +14,7 @@ import weakref
 
 import torch
 
-from fastpgd.cuda_graph import CudaRuntime
+from fastpgd.cuda_graph import EagerGraph, EagerRuntime
 
 
 class FakeStream:
@@ -43,13 +43,13 @@ class Capture:
     new_pool: object
 
 
-class FakeGraph:
-    """What ``record`` returns: ``replay`` calls the recorded function; ``reset`` ends it."""
+class FakeGraph(EagerGraph):
+    """What ``record`` returns: ``replay`` calls the recorded function (flagging the runtime as
+    inside a replay); ``reset`` ends it."""
 
     def __init__(self, runtime: FakeCuda, fn, pool):
+        super().__init__(fn, pool)
         self._runtime = runtime
-        self.fn = fn
-        self._pool = pool
         self.alive = True
         self.replays = 0
 
@@ -58,22 +58,18 @@ class FakeGraph:
         self.replays += 1
         if self.fn is not None:
             with self._runtime.replaying():
-                self.fn()
-
-    def pool(self):
-        return self._pool
+                super().replay()
 
     def reset(self) -> None:
+        super().reset()
         self.alive = False
-        self.fn = None
 
 
-class FakeCuda(CudaRuntime):
-    """Records a capture's CUDA calls on the CPU.
+class FakeCuda(EagerRuntime):
+    """Records a capture's CUDA calls on the CPU (an :class:`EagerRuntime` that keeps a log).
 
-    A real capture runs the Python once but none of its kernels; this stand-in runs neither, so
-    the tensors are left as a capture leaves them. With ``keep_fn=False`` a graph keeps no
-    reference to its function (as a real graph keeps none) and ``replay`` only counts.
+    With ``keep_fn=False`` a graph keeps no reference to its function (as a real graph keeps
+    none) and ``replay`` only counts.
 
     Args:
         keep_fn (bool): replay by calling the recorded function. Default: True.

@@ -8,7 +8,8 @@ training step.
 - :class:`GraphPool`: the memory pool a family of graphs shares (graphs that never replay at the
   same time); a capture is handed the pool only while a graph captured into it is alive.
 - :class:`CudaRuntime` (one instance, :data:`CUDA`): the CUDA calls a capture makes, and the one
-  side stream per device that every capture on that device reuses. Tests replace it with a CPU
+  side stream per device that every capture on that device reuses. :class:`EagerRuntime` runs
+  the same code path without CUDA (a replay calls the function again); tests build on it a
   stand-in that records the calls.
 
 What a capture does, in order: it switches to the graph's device (``torch.cuda.device``), takes
@@ -28,7 +29,15 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["CUDA", "CudaGraph", "CudaRuntime", "GraphPool", "snapshot"]
+__all__ = [
+    "CUDA",
+    "CudaGraph",
+    "CudaRuntime",
+    "EagerGraph",
+    "EagerRuntime",
+    "GraphPool",
+    "snapshot",
+]
 
 
 class CudaRuntime:
@@ -78,6 +87,63 @@ class CudaRuntime:
 
 #: The runtime of every :class:`CudaGraph` that names none.
 CUDA = CudaRuntime()
+
+
+class EagerRuntime(CudaRuntime):
+    """:class:`CudaRuntime`'s calls on any device, without CUDA: a capture records the function
+    (running none of it, as a real capture runs none of its kernels) and a replay calls it
+    again. It runs a captured step's code path on the CPU (its warm-up, restore, pool and
+    replay logic), not its speed.
+
+    Examples::
+
+        >>> x = torch.zeros(2)
+        >>> graph = CudaGraph(x.device, runtime=EagerRuntime())
+        >>> graph.capture(lambda: x.add_(1))  # three warm-up runs
+        >>> graph.replay()
+        >>> x
+        tensor([4., 4.])
+    """
+
+    def device(self, device: torch.device):
+        return contextlib.nullcontext()
+
+    def current_device(self) -> int:
+        return 0
+
+    def new_stream(self, index: int):
+        return _NoStream()
+
+    def current_stream(self, index: int):
+        return _NoStream()
+
+    def stream(self, stream):
+        return contextlib.nullcontext()
+
+    def record(self, fn: Callable[[], None], pool, stream):
+        return EagerGraph(fn, pool if pool is not None else object())
+
+
+class _NoStream:
+    def wait_stream(self, other) -> None:
+        pass
+
+
+class EagerGraph:
+    """What :class:`EagerRuntime` records: ``replay`` calls the function; ``reset`` drops it."""
+
+    def __init__(self, fn: Callable[[], None], pool):
+        self.fn = fn
+        self._pool = pool
+
+    def replay(self) -> None:
+        self.fn()
+
+    def pool(self):
+        return self._pool
+
+    def reset(self) -> None:
+        self.fn = None
 
 
 class GraphPool:
