@@ -483,10 +483,14 @@ def _close_to_eager(graphed: torch.Tensor, eager: torch.Tensor) -> bool:
     return bool((graphed - eager).abs().gt(1e-5).float().mean() < 0.01)
 
 
-def _scribble(like) -> list[torch.Tensor]:
-    """NaN-filled tensors of the sizes just freed: the caching allocator hands them the freed
-    blocks, so a graph that still reads those blocks reads NaN."""
-    return [torch.full_like(t, float("nan")) for t in like for _ in range(2)]
+def _scribble(specs) -> list[torch.Tensor]:
+    """NaN-filled tensors of the ``(shape, dtype)`` just freed: the caching allocator hands them
+    the freed blocks, so a graph that still reads those blocks reads NaN."""
+    return [
+        torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+        for shape, dtype in specs
+        for _ in range(2)
+    ]
 
 
 @needs_cuda
@@ -553,7 +557,7 @@ def test_cuda_graph_inside_autocast_reads_no_freed_casts(cache):
         eager = fused_pgd(model, x, y, generator=gen(0, "cuda"), **kw)
         first = fused_pgd(model, x, y, generator=gen(0, "cuda"), cuda_graph=True, **kw)
     # The block has exited: autocast dropped its cached bf16 weights; overwrite that memory.
-    junk = _scribble([p.to(torch.bfloat16) for p in model.parameters()])
+    junk = _scribble([(p.shape, torch.bfloat16) for p in model.parameters()])
     with torch.autocast("cuda", dtype=torch.bfloat16):
         again = fused_pgd(model, x, y, generator=gen(0, "cuda"), cuda_graph=True, **kw)
     del junk
@@ -575,9 +579,9 @@ def test_cuda_graph_follows_swapped_parameter_storage(cache):
     old = [p.data for p in model.parameters()]
     for p in model.parameters():
         p.data = p.data * 0.5 + 0.01  # an EMA-style swap: new storage, other values
-    shapes = [torch.empty_like(t) for t in old]
+    specs = [(t.shape, t.dtype) for t in old]
     del old  # the storage the first graph read is freed ...
-    junk = _scribble(shapes)  # ... and overwritten
+    junk = _scribble(specs)  # ... and overwritten
     graphed = fused_pgd(model, x, y, generator=gen(0, "cuda"), cuda_graph=True, **kw)
     eager = fused_pgd(model, x, y, generator=gen(0, "cuda"), **kw)
     del junk
