@@ -1,5 +1,5 @@
-"""The trainer's fast path and its safeguards: CUDA graph modes (with a recording stand-in for the
-graph on the CPU), precision and determinism settings, batches on the device, augmentation, the
+"""The trainer's fast path and its safeguards: CUDA graph modes (the captured step itself is in
+test_captured_step.py), precision and determinism settings, batches on the device, augmentation, the
 learning-rate schedule, output paths checked before the first step, and the command line's
 one-line errors. CUDA cases run where a GPU exists."""
 
@@ -17,7 +17,6 @@ from fastpgd.checkpoint import CheckpointError
 from fastpgd.data import ImageDataset, synthetic
 from fastpgd.trainer import TrainConfig, Trainer, main
 from fastpgd.trainer.batches import BatchSource, EpochOrder, augment_crop_flip
-from fastpgd.trainer.captured_step import CapturedTrainStep
 from fastpgd.trainer.loop import resolve_cuda_graph
 from fastpgd.trainer.numerics import DeterminismError, process_settings, require_cublas_workspace
 
@@ -70,54 +69,6 @@ def test_graph_mode_falls_back_where_it_cannot_capture(kwargs, distributed, expe
         assert note is None
     else:
         assert words in note and "cannot capture" in note
-
-
-class RecordingGraph:
-    """Stands in for a CUDA graph on the CPU: capture records the body, replay calls it (what a
-    real replay does, as the captured kernels read and write the same static buffers)."""
-
-    def __init__(self, pool):
-        self.pool = pool
-        self.body = None
-        self.replays = 0
-
-    def capture(self, body):
-        self.body = body  # a real capture records kernels without running them
-
-    def replay(self):
-        self.replays += 1
-        self.body()
-
-
-@pytest.mark.parametrize("attack", ["fused", "reference", "none"])
-def test_captured_step_trains_the_same_weights_as_the_eager_step(attack):
-    # 50 images in batches of 20: two full batches and a partial one per epoch (two shapes),
-    # and a piecewise schedule that changes the learning rate twice (each change recaptures).
-    kwargs = dict(epochs=2, attack=attack, lr_schedule="piecewise")
-    eager = _trainer(**kwargs)
-    eager.fit(evaluate=False)
-    captured = _trainer(**kwargs)
-    captured.captured = CapturedTrainStep(captured, graph_factory=RecordingGraph)
-    captured.fit(evaluate=False)
-    assert captured.step == eager.step == 6
-    for a, b in zip(_params(eager.model), _params(captured.model), strict=True):
-        assert torch.equal(a, b)
-    # The warm-up steps were undone: the optimizer state is that of 6 steps, not more.
-    steps = [s["step"] for s in captured.optimizer.state.values()]
-    assert all(int(s) == 6 for s in steps)
-    # One capture per (learning rate, batch shape) met: lr 1e-3 for steps 0-2 (full and partial
-    # batch), 1e-4 for step 3 (full), 1e-5 for steps 4-5 (full and partial).
-    assert captured.captured.captures == 5
-    names = set(captured.timers.names())
-    assert "captured" in names and not {"attack", "forward", "backward", "update"} & names
-
-
-def test_captured_step_report_says_phases_are_not_separable():
-    t = _trainer(max_steps=2)
-    t.graph_mode = "step"  # what a CUDA run in step mode reports
-    t.captured = CapturedTrainStep(t, graph_factory=RecordingGraph)
-    t.fit(evaluate=False)
-    assert "cannot be timed apart" in t.report()
 
 
 # -- precision and determinism ----------------------------------------------------------------
@@ -393,30 +344,6 @@ def test_cli_type_errors_name_the_flag_and_what_it_needs(capsys, flag, value, ne
 
 def _cuda_trainer(**kwargs) -> Trainer:
     return _trainer(device="cuda", **kwargs)
-
-
-@needs_cuda
-def test_cuda_attack_graph_trains_the_same_weights_as_eager():
-    eager = _cuda_trainer(max_steps=4, cuda_graph="off")
-    eager.fit(evaluate=False)
-    graph = _cuda_trainer(max_steps=4, cuda_graph="attack")
-    graph.fit(evaluate=False)
-    for a, b in zip(_params(eager.model), _params(graph.model), strict=True):
-        assert torch.equal(a, b)  # the replayed kernels are the eager ones, deterministic
-
-
-@needs_cuda
-def test_cuda_step_graph_trains_the_eager_weights_within_rounding():
-    # Adam keeps its step count on the device when captured; the arithmetic of its bias
-    # correction differs from the eager one in the last bits.
-    eager = _cuda_trainer(epochs=2, cuda_graph="off")
-    eager.fit(evaluate=False)
-    graph = _cuda_trainer(epochs=2, cuda_graph="step")
-    assert graph.graph_mode == "step"
-    graph.fit(evaluate=False)
-    for a, b in zip(_params(eager.model), _params(graph.model), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert graph.captured.captures == 2  # a full and a partial batch shape
 
 
 @needs_cuda

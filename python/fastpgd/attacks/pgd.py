@@ -445,9 +445,10 @@ def _captured_step(step_fn, o: _PGDOptions, new_graph: Callable):
         # The cache is weak on the model: its entry must not hold the model strongly. The
         # labels are checked in the first warm-up run, outside the capture.
         one_step = _make_step(step_fn, weakref.proxy(o.model), o, classes)
-        captured = attack_graph.CapturedStep(
-            one_step, o.x, o.y, o.eps, o.alpha, new_graph(o.x.device)
-        )
+        # The model's graphs share one memory pool (they never replay at once), and the warm-up
+        # runs leave its buffers (BatchNorm statistics in training mode) as they found them.
+        graph = new_graph(o.x.device, pool=cache.pool(o.model), preserve=[o.model])
+        captured = attack_graph.CapturedStep(one_step, o.x, o.y, o.eps, o.alpha, graph)
         entry = (captured, classes)
         cache.put(o.model, key, entry)
     else:
@@ -466,8 +467,8 @@ def _captured_step(step_fn, o: _PGDOptions, new_graph: Callable):
 def _pgd(step_fn, o: _PGDOptions, new_graph: Callable = attack_graph.CudaGraph):
     """The attack loop shared by both public functions; ``step_fn`` is the update.
 
-    ``new_graph(device)`` makes the graph a captured step records into (see
-    :class:`fastpgd.attack_graph.CapturedStep`).
+    ``new_graph(device, pool=..., preserve=...)`` makes the graph a captured step records into
+    (see :class:`fastpgd.attacks.graph.CapturedStep` and :class:`fastpgd.cuda_graph.CudaGraph`).
     """
     # Parameters keep requires_grad: autograd.grad(loss, inp) already skips every weight-gradient
     # kernel (the engine only runs what leads to inp), and freezing them measured no faster on
@@ -578,12 +579,16 @@ _DOC = """{summary}
             computes what the eager attack computes from the same generator state, except that
             cuDNN may pick other kernels under capture, so the signs of a few near-zero
             gradient elements can differ (tested: under 1% of elements differ by more than
-            1e-5). Graphs are cached per model (the 8 most recently used per model; a dropped
-            model frees its graphs) and per attack, shape, dtype, device, training flags,
-            norm, loss, ``targeted``, ``clamp``, ``amp_dtype``, ``alpha`` and a scalar ``eps``;
-            a per-sample ``eps`` is copied in. The model's parameters must keep their storage
-            between calls (in-place optimizer updates are fine); pass the same ``loss_fn``
-            object each call (a new one means a new capture). Default: ``False``.
+            1e-5). The warm-up runs are undone: the model's buffers (BatchNorm statistics in
+            training mode) and parameters end as the eager attack leaves them. Graphs are
+            cached per model (the 8 most recently used per model, sharing one memory pool; a
+            dropped model frees its graphs) and per attack, shape, dtype, device, training
+            flags, norm, loss, ``targeted``, ``clamp``, ``amp_dtype``, an enclosing
+            ``torch.autocast`` block, ``alpha``, a scalar ``eps``, and the addresses of the
+            model's parameters and buffers (so ``model.half()``, moving the model or swapping
+            ``p.data`` captures again; in-place updates replay); a per-sample ``eps`` is copied
+            in. ``loss_fn`` is named by identity and held weakly: pass the same object each
+            call (a new one means a new capture). Default: ``False``.
         track_best (bool): return, per example, the iterate with the highest loss (lowest
             when ``targeted``) over all steps, start and end included, rather than the last
             one; restarts then compare these best losses. Costs one ``torch.where`` per step

@@ -10,11 +10,19 @@ computes:
 - the random start is drawn eagerly, from the run's attack generator, before each replay (a few
   kernels); the graph then projects it and runs the attack exactly as ``fused_pgd`` does;
 - capturing needs a few warm-up steps (lazy initialisation, cuDNN's choice of algorithms, the
-  optimizer's state): they run on the first batch of each shape and are then undone (weights,
-  buffers and optimizer state copied back; an optimizer state that did not exist is zeroed,
-  which is what a first step starts from), so the run's sequence of weights is unchanged;
+  optimizer's state): :class:`~fastpgd.cuda_graph.CudaGraph` runs them on the first batch of each
+  shape and then undoes them (weights, buffers and optimizer state copied back; an optimizer
+  state that did not exist is zeroed, which is what a first step starts from), so the run's
+  sequence of weights is unchanged;
 - the learning rate is baked into the captured optimizer step: when a schedule changes it, the
-  graphs are captured again (twice per run for the piecewise schedule).
+  graphs are dropped and captured again (twice per run for the piecewise schedule), into a new
+  memory pool, since no graph holds the old one any more.
+
+The graphs of a run (the full batch and the last, smaller batch of an epoch) share one memory
+pool. That is safe because they never replay at the same time: the trainer replays one step at a
+time, on one stream, and each replay writes every pool block it reads before reading it (its
+scratch memory, its gradients); only the static inputs and outputs, allocated outside the pool,
+carry values from one replay to the next.
 
 What it gives up: the phases inside the graph (attack, forward, backward, update) cannot be timed
 apart; the step is timed as one phase, ``captured``.
@@ -26,58 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from fastpgd.attacks.pgd import random_delta
+from fastpgd.cuda_graph import CudaGraph, CudaRuntime, GraphPool
 from fastpgd.trainer.numerics import autocast
 
 __all__ = ["CapturedTrainStep", "CudaGraph"]
 
 WARMUP_STEPS = 3
-
-
-class CudaGraph:
-    """A CUDA graph with the two operations the captured step needs; replaced in tests by an
-    object that records the body and calls it on replay."""
-
-    def __init__(self, pool=None):
-        self.graph = torch.cuda.CUDAGraph()
-        self.pool = pool
-
-    def capture(self, body) -> None:
-        with torch.cuda.graph(self.graph, pool=self.pool):
-            body()
-        self.pool = self.graph.pool()
-
-    def replay(self) -> None:
-        self.graph.replay()
-
-
-def _snapshot(trainer) -> dict:
-    """Copies of everything a training step changes: parameters, buffers, optimizer state."""
-    model, optimizer = trainer.model, trainer.optimizer
-    return {
-        "model": [t.detach().clone() for t in (*model.parameters(), *model.buffers())],
-        "optimizer": {
-            p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-            for p, s in optimizer.state.items()
-        },
-    }
-
-
-@torch.no_grad()
-def _restore(trainer, snapshot: dict) -> None:
-    """Put back what :func:`_snapshot` copied, in place (the graph holds these storages)."""
-    model, optimizer = trainer.model, trainer.optimizer
-    for t, saved in zip((*model.parameters(), *model.buffers()), snapshot["model"], strict=True):
-        t.copy_(saved)
-    for p, state in optimizer.state.items():
-        saved = snapshot["optimizer"].get(p)
-        for key, value in state.items():
-            if not isinstance(value, torch.Tensor):
-                if saved is not None:
-                    state[key] = saved[key]
-            elif saved is None:
-                value.zero_()  # a first step starts from zero moments and step 0
-            else:
-                value.copy_(saved[key])
 
 
 class _Graph:
@@ -95,26 +57,38 @@ class _Graph:
 class CapturedTrainStep:
     """Replays the training step of ``trainer`` from a CUDA graph, one per batch shape.
 
+    The graphs read the model's parameters and buffers and the optimizer's state where they were
+    at the capture: whatever replaces those tensors must call :meth:`reset` (loading a
+    checkpoint does), and :meth:`drop_if_changed` (called by each ``fit()``) notices a change made
+    between runs.
+
     Args:
         trainer (Trainer): its model, optimizer (capturable), config, attack and generator.
-        graph_factory (callable): ``graph_factory(pool)`` returns an object with
-            ``capture(body)``, ``replay()`` and ``pool``. Default: :class:`CudaGraph`.
+        runtime (CudaRuntime, optional): where the CUDA calls go (a recording stand-in on the
+            CPU in tests). Default: :data:`fastpgd.cuda_graph.CUDA`.
     """
 
-    def __init__(self, trainer, graph_factory=CudaGraph):
+    def __init__(self, trainer, runtime: CudaRuntime | None = None):
         self.trainer = trainer
-        self.graph_factory = graph_factory
+        self.runtime = runtime
         self.graphs: dict[tuple, _Graph] = {}
-        self.pool = None
+        self.pool = GraphPool()
         self.lrs: tuple | None = None
+        self.captured_with: tuple | None = None
         self.captures = 0
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
-        """One training step on the batch ``(x, y)``; returns the static ``(loss, logits)``."""
+        """One training step on the batch ``(x, y)``.
+
+        Returns:
+            (Tensor[], Tensor[N, K]): the loss and the logits, as the graph's static outputs:
+            the same two tensors at every step of a batch shape, overwritten by the next replay.
+            Read them (or ``clone()`` them) before the next step.
+        """
         t = self.trainer
         lrs = tuple(group["lr"] for group in t.optimizer.param_groups)
         if lrs != self.lrs:
-            self.graphs.clear()
+            self.reset()
             self.lrs = lrs
         key = (tuple(x.shape), x.dtype, tuple(y.shape))
         g = self.graphs.get(key)
@@ -127,6 +101,37 @@ class CapturedTrainStep:
             g.delta.copy_(random_delta(g.x0, c.eps, "linf", t.attack_gen))
         g.graph.replay()
         return g.loss, g.logits
+
+    def reset(self) -> None:
+        """Drop every captured graph now; the next step captures again."""
+        for g in self.graphs.values():
+            g.graph.release()
+        self.graphs.clear()
+        self.captured_with = None
+
+    def drop_if_changed(self) -> bool:
+        """Drop the graphs if what they read has moved or what they baked in has changed since
+        they were captured (another optimizer, model or state tensors, other settings); returns
+        whether they were dropped."""
+        if self.graphs and self._inputs() != self.captured_with:
+            self.reset()
+            return True
+        return False
+
+    def _inputs(self) -> tuple:
+        """What the graphs read in place or baked in: the tensors' addresses, the settings."""
+        t = self.trainer
+        c = t.config
+        tensors = [*t.model.parameters(), *t.model.buffers()]
+        tensors += [
+            v for s in t.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        ]
+        return (
+            id(t.model),
+            id(t.optimizer),
+            tuple((v.data_ptr(), v.dtype) for v in tensors),
+            (c.attack, c.eps, c.alpha, c.attack_steps, c.amp, t.attack_fn, t.amp_dtype),
+        )
 
     def _body(self, g: _Graph) -> None:
         t = self.trainer
@@ -149,23 +154,11 @@ class CapturedTrainStep:
         g.logits.copy_(logits.detach())
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> _Graph:
+        t = self.trainer
         g = _Graph(x, y)
-        saved = _snapshot(self.trainer)
-        cuda = x.device.type == "cuda"
-        if cuda:
-            # Warm-up on a side stream, as CUDA graph capture prescribes.
-            side = torch.cuda.Stream(device=x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    self._body(g)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-        else:
-            for _ in range(WARMUP_STEPS):
-                self._body(g)
-        _restore(self.trainer, saved)
-        g.graph = self.graph_factory(self.pool)
+        g.graph = CudaGraph(x.device, WARMUP_STEPS, pool=self.pool,
+                            preserve=[t.model, t.optimizer], runtime=self.runtime)  # fmt: skip
         g.graph.capture(lambda: self._body(g))
-        self.pool = g.graph.pool
+        self.captured_with = self._inputs()
         self.captures += 1
         return g

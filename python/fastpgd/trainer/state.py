@@ -111,6 +111,9 @@ def load_state(trainer, ckpt: dict) -> None:
     Raises:
         CheckpointError: a part is missing or does not fit.
     """
+    if trainer.captured is not None:
+        # The captured graphs write into the optimizer state that loading replaces.
+        trainer.captured.reset()
     try:
         trainer.model.load_state_dict(ckpt["model"])
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
