@@ -5,6 +5,7 @@ torchattacks 3.5.1's FAB on an adversarially trained model."""
 from __future__ import annotations
 
 import doctest
+import importlib
 import itertools
 
 import numpy as np
@@ -13,10 +14,13 @@ import torch
 from torch import nn
 
 from attack_common import ModeRecorder, batch, gen, small_cnn
+from conftest import DEVICES
 from eval_common import predictions, robust_digits, still_robust_after_pgd
-from fastpgd.attacks import fab as fab_mod
 from fastpgd.attacks._common import per_sample_norm
 from fastpgd.attacks.fab import fab, hyperplane_box_step
+
+# The package exports the function fab, which hides the module of the same name.
+fab_mod = importlib.import_module("fastpgd.attacks.fab")
 
 # --------------------------------------------------------------------------------------------
 # The projection, against brute force
@@ -208,15 +212,18 @@ def _distance(a, b, norm):
     return per_sample_norm((a - b).double(), norm)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("targeted", [False, True])
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
-def test_every_returned_point_is_adversarial_within_eps_or_the_clean_one(norm, eps, targeted):
-    model = small_cnn().eval()
-    x, y = batch(12)
+def test_every_returned_point_is_adversarial_within_eps_or_the_clean_one(
+    norm, eps, targeted, device
+):
+    model = small_cnn().to(device).eval()
+    x, y = batch(12, device=device)
     y = predictions(model, x)  # all correctly classified: each one is attacked
     y[0] = (y[0] + 1) % 10  # ... except this one, returned as it was
     x_adv = fab(model, x, y, eps=eps, norm=norm, steps=10, targeted=targeted, restarts=2,
-                n_target_classes=3, generator=gen(0))  # fmt: skip
+                n_target_classes=3, generator=gen(0, device))  # fmt: skip
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     changed = (x_adv != x).flatten(1).any(1)
