@@ -434,9 +434,8 @@ def square(
 
     Returns:
         Tensor[N, C, H, W]: per point, the adversarial example found (within ``eps``, up to
-        the rounding of ``x``'s dtype), or
-        ``x`` itself where none was (and where the model misclassifies ``x`` already); of
-        ``x``'s dtype.
+        the rounding of ``x``'s dtype), or ``x`` itself where none was (and where the model
+        misclassifies ``x`` already); of ``x``'s dtype.
 
     Examples::
 
