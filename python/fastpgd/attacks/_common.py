@@ -325,6 +325,13 @@ class Logits:
         return out
 
 
+def working_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached and contiguous, in float32 at least: float16 and bfloat16 inputs are
+    attacked in float32, as sums over every pixel (norms, projections) need its precision."""
+    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    return x.detach().to(work).contiguous()
+
+
 def per_sample_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     """The Linf or L2 norm of each sample of ``t`` (over all its non-batch dims): Tensor[N]."""
     flat = t.reshape(t.shape[0], -1)

@@ -38,6 +38,7 @@ from fastpgd.attacks._common import (
     per_sample_norm,
     read_value_ranges,
     take,
+    working_copy,
 )
 from fastpgd.attacks.pgd import per_sample_view
 
@@ -186,7 +187,6 @@ def _fab_options(
     check_inputs = check_bool("check_inputs", check_inputs)
     check_model_and_x(model, x)
     y = check_y(y, x, None)
-    eps = check_budget("eps", eps, x, check_inputs)
     check_choice("norm", norm, _NORMS)
     steps = check_count("steps", steps, least=0)
     restarts = check_count("restarts", restarts, least=1)
@@ -204,9 +204,8 @@ def _fab_options(
         )
     check_choice("model_mode", model_mode, MODEL_MODES)
     amp_dtype = check_amp_dtype(amp_dtype)
-    # Half-precision inputs are attacked in float32: the projections sum over every pixel.
-    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    x0 = x.detach().to(work).contiguous()
+    x0 = working_copy(x)
+    eps = check_budget("eps", eps, x0, check_inputs)  # a per-sample eps in x0's dtype
     label_range = read_value_ranges(x0, y, clamp, check_inputs)
     return _FABOptions(
         model=model,
@@ -294,13 +293,13 @@ def _fab_run(o: _FABOptions, logits_of: Logits, x0, y, eps, target, random_start
         flat1 = x1.reshape(m, -1)
         b = (w * flat1).sum(1) - diff[rows, nearest]
         # Both projections in one call: of the iterate, and of the clean point.
-        steps = hyperplane_box_step(
+        moves = hyperplane_box_step(
             torch.cat((flat1, flat0)), torch.cat((w, w)), torch.cat((b, b)), o.norm, lo, hi
         )
-        length = per_sample_norm(steps, o.norm).clamp_min(_MIN_STEP)
+        length = per_sample_norm(moves, o.norm).clamp_min(_MIN_STEP)
         bias = (length[:m] / (length[:m] + length[m:])).clamp(0.0, o.alpha_max)
         bias = per_sample_view(bias, x0)
-        step1, step0 = steps[:m].view_as(x0), steps[m:].view_as(x0)
+        step1, step0 = moves[:m].view_as(x0), moves[m:].view_as(x0)
         x1 = ((x1 + o.eta * step1) * (1 - bias) + (x0 + o.eta * step0) * bias).clamp(lo, hi)
         fooled = logits_of(x1).argmax(1) != y
         dist = per_sample_norm(x1 - x0, o.norm)

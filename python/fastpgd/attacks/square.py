@@ -34,6 +34,7 @@ from fastpgd.attacks._common import (
     per_sample_norm,
     read_value_ranges,
     take,
+    working_copy,
 )
 from fastpgd.attacks.pgd import per_sample_view
 
@@ -153,7 +154,6 @@ def _square_options(
     if x.dim() != 4:
         raise ValueError(f"x must be a batch of images [N, C, H, W], got shape {tuple(x.shape)}")
     y = check_y(y, x, None)
-    eps = check_budget("eps", eps, x, check_inputs)
     check_choice("norm", norm, _NORMS)
     queries = check_count("queries", queries, least=0)
     p_init = check_real("p_init", p_init, 0.0, 1.0, lo_open=True)
@@ -162,8 +162,8 @@ def _square_options(
     clamp = check_clamp(clamp)
     check_choice("model_mode", model_mode, MODEL_MODES)
     amp_dtype = check_amp_dtype(amp_dtype)
-    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    x0 = x.detach().to(work).contiguous()
+    x0 = working_copy(x)
+    eps = check_budget("eps", eps, x0, check_inputs)  # a per-sample eps in x0's dtype
     label_range = read_value_ranges(x0, y, clamp, check_inputs)
     return _SquareOptions(
         model=model,
