@@ -197,7 +197,7 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class _Draws:
-    """The random numbers of one run, all from the caller's generator (float32 at least)."""
+    """The random numbers of one run, all drawn from the caller's generator."""
 
     def __init__(self, x: torch.Tensor, generator):
         self.device = x.device
@@ -318,7 +318,7 @@ def _l2_proposal(x, best, eps, side: int, draws: _Draws, clamp) -> torch.Tensor:
 def _square_run(o: _SquareOptions, logits_of: Logits, x, y, eps) -> torch.Tensor:
     """One run of Square on the points ``x``: per point, the best point found (a fooling one
     wherever one was found)."""
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     draws = _Draws(x, o.generator)
     start = _linf_start if o.norm == "linf" else _l2_start
     propose = _linf_proposal if o.norm == "linf" else _l2_proposal
