@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import io
 
-from fastpgd import train
+import torch
+
+from fastpgd import fused_pgd, train
 from fastpgd.data import load_dataset
 
 
@@ -30,3 +32,22 @@ def robust_digits():
         p.requires_grad_(False)
     x, y = load_dataset("digits", "test")[list(range(300))]
     return model, x, y, float(result.config.eps)
+
+
+def predictions(model, x: torch.Tensor) -> torch.Tensor:
+    """The classes ``model`` gives ``x`` (Tensor[N], int64), without a graph."""
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def still_robust_after_pgd(model, x, y, eps: float, norm: str) -> torch.Tensor:
+    """The indices of the points a 10-step PGD (step eps / 4, seed 0) does not fool: where
+    AutoAttack's later attacks (FAB-T, Square) start, after its first one.
+
+    Returns:
+        Tensor[M]: int64 indices into ``x``.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x_adv = fused_pgd(model, x, y, eps=eps, alpha=eps / 4, steps=10, norm=norm,
+                      generator=generator)  # fmt: skip
+    return (predictions(model, x_adv) == y).nonzero().squeeze(1)

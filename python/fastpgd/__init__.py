@@ -8,7 +8,7 @@ and a fused, batched PGD attack whose update step is one C++/CUDA kernel.
 __version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it
 
 from fastpgd._ext import extension_info
-from fastpgd.attacks import PGD, PGDL2, fused_pgd, reference_pgd
+from fastpgd.attacks import PGD, PGDL2, fab, fused_pgd, reference_pgd, square
 from fastpgd.replay import ReplayMemory
 from fastpgd.step import pgd_step_, reference_pgd_step
 from fastpgd.stopwatch import PyStopwatch, Stopwatch, StopwatchError
@@ -18,8 +18,10 @@ from fastpgd.trainer import Trainer, train
 __all__ = [
     "__version__",
     "extension_info",
+    "fab",
     "fused_pgd",
     "reference_pgd",
+    "square",
     "PGD",
     "PGDL2",
     "pgd_step_",

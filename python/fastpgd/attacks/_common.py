@@ -214,3 +214,152 @@ def model_mode(model, mode: str):
     finally:
         for m, flag in saved:
             m.training = flag
+
+
+# --------------------------------------------------------------------------------------------
+# What the evaluation attacks (FAB, Square) share: more checks, checked logits, the norms, and
+# the loop that attacks only the points still robust
+# --------------------------------------------------------------------------------------------
+
+AMP_DTYPES = (torch.float16, torch.bfloat16)
+MODEL_MODES = ("eval", "train", "keep")
+
+
+def check_model_and_x(model, x) -> None:
+    """Raise unless ``model`` is callable and ``x`` a floating-point batch on the model's device."""
+    if not callable(model):
+        raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension, got a 0-d tensor")
+    if isinstance(model, nn.Module):
+        device = model_device(model)
+        if device is not None and device != x.device:
+            raise ValueError(f"model is on {device} but x is on {x.device}; move one of them")
+
+
+def check_choice(name: str, value, choices: tuple):
+    # An unhashable value (a list) must get the same message, not a TypeError from `in`.
+    if not any(type(value) is type(c) and value == c for c in choices):
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_amp_dtype(amp_dtype) -> torch.dtype | None:
+    if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
+        raise ValueError(
+            f"amp_dtype must be None, torch.float16 or torch.bfloat16, got {amp_dtype}"
+        )
+    return amp_dtype
+
+
+def check_real(name: str, value, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    """Return ``value`` as a float, raising unless it is a real number in ``[lo, hi]``
+    (``(lo, hi]`` when ``lo_open``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (lo < value if lo_open else lo <= value) or not value <= hi:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def read_value_ranges(
+    x: torch.Tensor, y: torch.Tensor, clamp: tuple[float, float] | None, check_values: bool
+) -> tuple[int, int] | None:
+    """Check that ``x`` lies within ``clamp``; return the (min, max) of the labels ``y``.
+
+    Both ranges are queued before either is read, so that the call waits for the device once.
+    ``None`` when ``check_values`` is false or ``y`` is empty.
+    """
+    if not check_values:
+        return None
+    x_range = torch.aminmax(x) if clamp is not None and x.numel() else None
+    y_range = torch.aminmax(y) if y.numel() else None
+    if x_range is not None:
+        check_in_range(x_range[0].item(), x_range[1].item(), clamp)
+    return None if y_range is None else (y_range[0].item(), y_range[1].item())
+
+
+class Logits:
+    """``model(x)`` (under autocast when asked), checked to be logits ``Tensor[N, K]``.
+
+    The first call checks the labels' range against ``K`` (see :class:`ClassCount`); the number
+    of classes is then ``num_classes``. The model receives its input in ``input_dtype``.
+    """
+
+    def __init__(self, model, input_dtype: torch.dtype, amp_dtype, label_range):
+        self.model = model
+        self.input_dtype = input_dtype
+        self.amp_dtype = amp_dtype
+        self.classes = ClassCount(label_range)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.classes.num_classes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        context = (
+            contextlib.nullcontext()
+            if self.amp_dtype is None
+            else torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
+        )
+        with context:
+            out = self.model(x.to(self.input_dtype))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"the model's output must be a tensor of logits [N, K], got {type(out).__name__}"
+            )
+        if out.dim() != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 2:
+            raise ValueError(
+                f"the model's output must be logits of shape [N, K] with N = {x.shape[0]} and "
+                f"K >= 2 classes, got shape {tuple(out.shape)}"
+            )
+        if not out.is_floating_point():
+            raise TypeError(f"the model's output must be floating-point logits, got {out.dtype}")
+        self.classes(out)
+        return out
+
+
+def working_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached and contiguous, in float32 at least: float16 and bfloat16 inputs are
+    attacked in float32, as sums over every pixel (norms, projections) need its precision."""
+    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    return x.detach().to(work).contiguous()
+
+
+def per_sample_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """The Linf or L2 norm of each sample of ``t`` (over all its non-batch dims): Tensor[N]."""
+    flat = t.reshape(t.shape[0], -1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(t.shape[0])
+    return flat.norm(dim=1)
+
+
+def take(v, index: torch.Tensor):
+    """``v[index]`` for a per-sample tensor; a number is returned as it is."""
+    return v[index] if isinstance(v, torch.Tensor) else v
+
+
+def attack_robust(robust: torch.Tensor, result: torch.Tensor, attempt) -> bool:
+    """Attack the points still robust once; record the ones it fools.
+
+    ``attempt(index)`` attacks the points ``index`` (Tensor[M], int64) and returns their
+    candidates (Tensor[M, ...]) and which of them succeed (Tensor[M], bool). The successful
+    candidates are written into ``result`` and their points marked not ``robust``.
+
+    Returns:
+        bool: ``False`` when no point was left to attack.
+    """
+    index = robust.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return False
+    candidates, success = attempt(index)
+    won = index[success]
+    result[won] = candidates[success].to(result.dtype)
+    robust[won] = False
+    return True
