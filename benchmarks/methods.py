@@ -141,6 +141,8 @@ def run_one(dataset: str, name: str, seed: int, args, data) -> dict:
                     lr_schedule=args.lr_schedule)  # fmt: skip
     if spec["method"] == "replay":
         spec["replay_steps"] = args.replay_steps
+    if spec["method"] == "pgi" and args.pgi_lambda is not None:
+        spec["pgi_lambda"] = args.pgi_lambda
     config = TrainConfig(**settings, **spec, seed=seed, quiet=True)
     train_set, test_set = data
     log = io.StringIO()
@@ -317,6 +319,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--lr-schedule", default="cosine")
     parser.add_argument("--replay-steps", type=int, default=2)
+    parser.add_argument("--pgi-lambda", type=float, help="pgi's regulariser weight (default: 10)")
     parser.add_argument("--aa-limit", type=int, default=1000, help="AutoAttack test images")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", metavar="PATH",

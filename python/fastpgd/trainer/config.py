@@ -455,7 +455,8 @@ class TrainResult:
     """What :meth:`Trainer.fit` returns.
 
     Attributes:
-        model (nn.Module): the trained network (not the DDP wrapper).
+        model (nn.Module): the evaluated network: the weight average with ``ema``, else the
+            trained network (not the DDP wrapper).
         clean_acc (float): accuracy on the test split, in [0, 1] (NaN when interrupted or
             not evaluated).
         pgd_acc (float): accuracy under the evaluation PGD attack at ``config.eps``.
