@@ -57,6 +57,16 @@ def test_every_method_trains_a_few_steps_on_digits(method):
         assert method in text.splitlines()[-1]  # the result line names it
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_under_bf16_channels_last_and_augmentation(method):
+    config = TrainConfig(**TINY, method=method, max_steps=2, amp="bf16", channels_last=True,
+                         augment=True, ema=0.9)  # fmt: skip
+    trainer = Trainer(config, out=io.StringIO())
+    result = trainer.fit(evaluate=False)
+    assert result.steps == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
