@@ -14,7 +14,8 @@ from fastpgd.trainer import CheckpointError, TrainConfig, Trainer, main, train
 from fastpgd.trainer.config import METHODS
 from fastpgd.trainer.ema import WeightAverage
 from fastpgd.trainer.guard import CollapseGuard, is_collapse
-from fastpgd.trainer.loop import GUARD_SEED_OFFSET, onecycle_lr, resolve_cuda_graph
+from fastpgd.trainer.loop import GUARD_SEED_OFFSET, resolve_cuda_graph
+from fastpgd.trainer.schedules import onecycle_lr
 
 # 60 synthetic 8x8 images in batches of 20: 3 steps per epoch. Deterministic, as in test_train.
 TINY = dict(

@@ -42,6 +42,7 @@ from fastpgd.trainer.numerics import (
     process_settings,
     require_cublas_workspace,  # fmt: skip
 )
+from fastpgd.trainer.schedules import PER_STEP_SCHEDULES, learning_rate
 
 __all__ = ["Trainer", "build_model", "resolve_cuda_graph"]
 
@@ -50,9 +51,6 @@ __all__ = ["Trainer", "build_model", "resolve_cuda_graph"]
 STOP_CHECK_EVERY = 20
 PROGRESS_EVERY = 10  # steps between progress-bar updates
 GUARD_SEED_OFFSET = 2_000_029  # the guard's attack draws from its own generator too
-PER_STEP_SCHEDULES = ("cosine", "onecycle")  # the learning rate changes at every step
-# torch.optim.lr_scheduler.OneCycleLR's defaults, which lr_at reproduces.
-ONECYCLE_PCT_START, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
@@ -347,15 +345,7 @@ class Trainer:
         in two parts, with a resume) leaves the learning rate of each step as it is.
         """
         c = self.config
-        if c.lr_schedule == "constant":
-            return c.lr
-        total = self.planned_steps()
-        if c.lr_schedule == "cosine":
-            return c.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-        if c.lr_schedule == "onecycle":
-            return onecycle_lr(c.lr, step, total)
-        # Piecewise: divided by 10 after half of the steps and again after three quarters.
-        return c.lr * (0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4)))
+        return learning_rate(c.lr_schedule, c.lr, step, self.planned_steps())
 
     def planned_steps(self) -> int:
         """Steps of ``config.epochs`` epochs (batches, for free training)."""
@@ -734,22 +724,6 @@ class Trainer:
             interrupted=interrupted, history=self.history, timers=self.timers, config=self.config,
             collapse=self.guard.collapse if self.guard is not None else None,
         )  # fmt: skip
-
-
-def onecycle_lr(lr: float, step: int, total: int) -> float:
-    """The learning rate of :class:`torch.optim.lr_scheduler.OneCycleLR` (its defaults: 30% up
-    from ``lr / 25`` to ``lr``, then down to ``lr / 25e4``, cosine annealing, two phases) at
-    ``step`` of ``total``, computed as it does."""
-    initial = lr / ONECYCLE_DIV
-    phases = ((float(ONECYCLE_PCT_START * total) - 1, initial, lr),
-              (total - 1, lr, initial / ONECYCLE_FINAL_DIV))  # fmt: skip
-    start = 0.0
-    for i, (end, lo, hi) in enumerate(phases):
-        if step <= end or i == len(phases) - 1:
-            pct = (step - start) / (end - start)
-            return hi + (lo - hi) / 2.0 * (math.cos(math.pi * pct) + 1)
-        start = end
-    raise AssertionError("unreachable: the last phase always returns")
 
 
 def _check_pixel_range(arg: str, ds: ImageDataset) -> None:
