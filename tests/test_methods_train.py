@@ -51,7 +51,9 @@ def test_every_method_trains_a_few_steps_on_digits(method):
                    eval_steps=2, eval_restarts=1, quiet=True, out=out)  # fmt: skip
     assert result.steps == 3 and result.config.method == method
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
-    assert 0.0 <= result.pgd_acc <= result.clean_acc <= 1.0
+    # (After 3 steps PGD accuracy need not lie below clean accuracy: an attack on a nearly
+    # random model can turn a wrong prediction right.)
+    assert 0.0 <= result.pgd_acc <= 1.0 and 0.0 <= result.clean_acc <= 1.0
     text = out.getvalue()
     assert f"method {method};" in text
     if method != "pgd":
