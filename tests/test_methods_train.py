@@ -217,7 +217,8 @@ def test_cuda_graph_falls_back_for_each_method():
 
 
 def test_cosine_and_onecycle_schedules():
-    t = Trainer(TrainConfig(**TINY, epochs=4, lr_schedule="cosine", lr=0.1), out=io.StringIO())
+    config = TrainConfig(**{**TINY, "epochs": 4, "lr_schedule": "cosine", "lr": 0.1})
+    t = Trainer(config, out=io.StringIO())
     lrs = [t.lr_at(s) for s in range(12)]
     assert lrs[0] == 0.1 and lrs[6] == pytest.approx(0.05)
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
