@@ -150,6 +150,9 @@ def run_one(dataset: str, name: str, seed: int, args, data) -> dict:
     trainer = Trainer(config, train_set=train_set, test_set=test_set, out=log)
     result = trainer.fit()
     wall = time.perf_counter() - t0
+    if result.interrupted:
+        # A half-trained run would enter the table as NaN accuracies: stop the benchmark.
+        raise KeyboardInterrupt(f"{dataset} {name} seed {seed} stopped by a signal")
     c = trainer.config
     entry = {
         "dataset": dataset,
