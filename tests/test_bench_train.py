@@ -67,6 +67,19 @@ def test_cpu_measures_eager_and_bf16_and_skips_the_cuda_variants(tiny_run):
     assert bf16["vs_eager"] == pytest.approx(eager["ms_per_step"] / bf16["ms_per_step"])
 
 
+def test_memory_variants_report_their_share_of_the_step(tiny_run):
+    result, table = tiny_run
+    for name in ("replay", "pgi"):
+        r = result["variants"][name]
+        check_measured(r, steps=2)
+        assert {"memory_gather", "memory_scatter"} <= set(r["phases"])
+        shares = sum(r["phases"][p]["share"] for p in ("memory_gather", "memory_scatter"))
+        assert r["memory_share"] == pytest.approx(shares) and 0 < r["memory_share"] < 1
+        assert r["memory_ms_per_step"] > 0
+        assert f"{name}: memory (gather, scatter, bookkeeping)" in table
+    assert "memory_share" not in result["variants"]["eager"]
+
+
 def test_json_records_the_workload_and_the_machine(tiny_run):
     result, _ = tiny_run
     assert (result["benchmark"], result["workload"]) == ("train-step", "madry-mnist")
@@ -92,7 +105,8 @@ def test_table_shows_every_variant(tiny_run):
         row = next(line for line in lines if line.startswith(name + " "))
         assert f"{result['variants'][name]['median_ms']:.3f}" in row
         assert f"{result['variants'][name]['vs_eager']:.2f}x" in row
-    assert sum(line.startswith("  attack ") for line in lines) == 2
+    with_attack = [r for r in result["variants"].values() if "attack" in r.get("phases", {})]
+    assert sum(line.startswith("  attack ") for line in lines) == len(with_attack) == 4
 
 
 def test_workload_overrides_reach_the_trainer(monkeypatch):

@@ -54,7 +54,7 @@ def test_auto_graph_mode_is_eager_on_the_cpu():
         (dict(cuda_graph="auto"), False, ("attack", True), None),
         (dict(cuda_graph="off"), False, ("off", False), None),
         (dict(cuda_graph="step"), False, ("step", True), None),
-        (dict(cuda_graph="step", replay=True), False, ("attack", True), "--replay"),
+        (dict(cuda_graph="step", replay=True), False, ("attack", True), "--method replay"),
         (dict(cuda_graph="step", amp="fp16"), False, ("attack", True), "gradient scaler"),
         (dict(cuda_graph="step"), True, ("attack", True), "DDP"),
         (dict(cuda_graph="step", free_replays=2), False, ("off", True), "free training"),

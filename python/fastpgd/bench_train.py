@@ -15,6 +15,13 @@ Variants:
 - ``bf16``: ``amp="bf16"`` on the faster of ``graph-attack`` and ``graph-step`` in this run
   (``step`` when this run measured neither; eager on the CPU).
 - ``tf32``: ``tf32=True`` on the same graph mode (CUDA only).
+- ``replay``, ``pgi``: the memory methods (``--method replay``, ``--method pgi``) on the default
+  graph mode (attack graphs on CUDA, eager on the CPU), to measure what their per-example memory
+  costs beside the step: the phases ``memory_gather`` (the fresh flags, the gather, the mix of
+  random and stored starts) and ``memory_scatter`` (the write-back), reported as
+  ``memory_share``, their share of the step's time (the target is 5% or less). The replay
+  memory is written in the first epoch (``BATCHES_PER_EPOCH`` steps) and read after it; the
+  measured steps hold both kinds when warm-up and steps pass an epoch boundary.
 
 Variants the device cannot run are reported as ``skipped: needs CUDA``. They run one after the
 other in the order above (the graph modes first: ``bf16`` and ``tf32`` build on the faster). The
@@ -80,7 +87,11 @@ VARIANTS: dict[str, dict] = {
     "graph-step": dict(cuda_graph="step"),
     "bf16": dict(cuda_graph=FASTEST_GRAPH, amp="bf16"),
     "tf32": dict(cuda_graph=FASTEST_GRAPH, tf32=True),
+    "replay": dict(cuda_graph="auto", method="replay"),
+    "pgi": dict(cuda_graph="auto", method="pgi"),
 }
+MEMORY_PHASES = ("memory_gather", "memory_scatter")
+MEMORY_TARGET = 0.05  # the memory's share of a step that the design aims under
 CUDA_ONLY = ("graph-attack", "graph-step", "tf32")
 _GRAPH_VARIANTS = {"graph-attack": "attack", "graph-step": "step"}
 # When this run measured neither graph mode: the whole step in one graph, the faster of the two
@@ -94,7 +105,7 @@ BATCHES_PER_EPOCH = 20
 # learning rate (a schedule that changes it would re-capture the step graph mid-measurement,
 # which a long run does only twice in all).
 _COMMON = dict(dataset="synthetic", attack="fused", lr_schedule="constant", eval_every=0,
-               report_every=0, quiet=True)  # fmt: skip
+               report_every=0, quiet=True, guard=0)  # fmt: skip
 
 
 def _variant_names(variants) -> list[str]:
@@ -161,7 +172,15 @@ def _measure(config, train_set, test_set, device: torch.device, warmup: int, ste
     summary = timers.summary(parent="step")
     parents = timers.parents()
     step = summary["step"]
+    memory = [summary[name] for name in MEMORY_PHASES if name in summary]
+    extra = {}
+    if memory:
+        # Shares of the step's total time: a per-step overhead as a ratio, whatever the mix of
+        # fresh and warm steps.
+        extra = {"memory_share": sum(m["share"] for m in memory),
+                 "memory_ms_per_step": sum(m["total"] for m in memory) / steps * 1e3}  # fmt: skip
     return {
+        **extra,
         "graph_mode": trainer.graph_mode,
         "ms_per_step": step["median"] * 1e3,
         **_ms(step),
@@ -222,7 +241,9 @@ def run_train_bench(
         ``step_laps_ms``, ``phases`` (per phase inside the step: the same statistics and
         ``share`` of the step's total), ``wall_s``, ``wall_ms_per_step``,
         ``projected_minutes_100k``, ``vs_eager`` (eager's median step / this one's, where eager
-        ran), ``notes`` (the trainer's), ``phase_table`` (the trainer's report).
+        ran), ``notes`` (the trainer's), ``phase_table`` (the trainer's report); for the memory
+        variants also ``memory_share`` (the memory phases' share of the step's time) and
+        ``memory_ms_per_step``.
 
     Raises:
         TypeError, ValueError: naming the argument: an unknown workload or variant, a count
@@ -364,6 +385,11 @@ def format_train_table(result: dict) -> str:
             share = "nan" if math.isnan(p["share"]) else f"{p['share'] * 100:.1f}%"
             rows.append([f"  {phase}", "", "", "", f"{p['median_ms']:.3f}", f"{p['p95_ms']:.3f}",
                          share, "", ""])  # fmt: skip
+        if "memory_share" in r:
+            verdict = "within" if r["memory_share"] <= MEMORY_TARGET else "over"
+            notes.append(f"{name}: memory (gather, scatter, bookkeeping) "
+                         f"{r['memory_ms_per_step']:.3f} ms per step = {r['memory_share']:.1%} "
+                         f"of the step ({verdict} the {MEMORY_TARGET:.0%} target)")  # fmt: skip
         if "cuda_graph_choice" in r:
             notes.append(f"{name} runs on cuda graph {r['cuda_graph_choice']}")
         notes += [f"{name}: {note}" for note in r["notes"]]

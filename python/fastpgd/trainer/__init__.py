@@ -10,24 +10,22 @@ the optimizer update on them. :class:`fastpgd.timers.Timers` times the phases un
 ``setup``  moving the batch to the device, zeroing the gradients
 ``attack`` generating the adversarial batch
 ``forward``, ``backward``, ``update``: the training pass on the adversarial batch
-``replay_gather``, ``replay_scatter``: reading and writing the replay memory (``--replay``)
+``memory_gather``, ``memory_scatter``: reading and writing a per-example memory (``replay``,
+           ``pgi``)
 ``eval``   clean and PGD accuracy on the test split (outside ``step``)
+``guard``  the catastrophic-overfitting guard's check after each epoch (outside ``step``)
 =========  ===================================================================
 
-Two ways to attack less (both leave evaluation unchanged):
-
-- ``--replay``: a :class:`~fastpgd.replay.ReplayMemory` keeps each training example's last
-  perturbation; the next epoch's attack on that example starts from it and takes only
-  ``--replay-steps`` steps (Zheng et al., "Efficient Adversarial Training with Transferable
-  Adversarial Examples", CVPR 2020). A batch with entries never written (the first epoch, or
-  the first after a ``--replay-reset`` epoch) gets the full attack from a random start.
-- ``--free-replays m``: "free" adversarial training (Shafahi et al., "Adversarial Training for
-  Free!", NeurIPS 2019): each batch is trained ``m`` times in a row; the input gradient of each
-  backward pass (which also updates the weights) moves the perturbation by one signed step of
-  ``eps``. One perturbation buffer of batch shape carries over from batch to batch, as in the
-  paper. The number of passes over the data is ``ceil(epochs / m)``, so the number of weight
-  updates stays about that of ``epochs`` epochs; ``steps`` then counts batches, each ``m``
-  optimizer updates.
+How a batch is trained is the **method** (``--method``, one module each under
+:mod:`fastpgd.trainer.methods`): ``pgd`` (Madry et al., the default), ``fgsm-rs`` (Wong et al.
+2020), ``n-fgsm`` (de Jorge et al. 2022), ``free`` (Shafahi et al. 2019; ``--free-replays m``),
+``replay`` (PGD warm-started from a per-example replay memory; ``--replay``), ``pgi`` (FGSM-PGI,
+Jia et al. 2022) and ``trades`` (Zhang et al. 2019). The recipe the fast methods are measured
+with: ``--ema DECAY`` (a weight average, what is evaluated and checkpointed),
+``--label-smoothing``, ``--lr-schedule cosine|onecycle``. The catastrophic-overfitting guard
+(``--guard N``, on by default for the single-step methods) checks PGD accuracy on a fixed slice
+of training images after every epoch and reports a collapse in one line; ``--on-collapse
+stop|restore`` stops, or restores the last good epoch and stops (:mod:`fastpgd.trainer.guard`).
 
 Reference: A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu, "Towards Deep Learning Models
 Resistant to Adversarial Attacks", ICLR 2018.
@@ -37,6 +35,7 @@ From the command line::
     fastpgd train                                  # 8x8 digits, offline, a couple of minutes
     fastpgd train --attack reference               # the same with the pure-PyTorch attack
     fastpgd train --dataset fashion-mnist --data-dir DIR --checkpoint run.pt
+    fastpgd train --method pgi --ema 0.99 --lr-schedule cosine
     torchrun --nproc_per_node=2 -m fastpgd train   # torch.distributed + DDP
 """
 

@@ -17,7 +17,14 @@ import torch.nn.functional as F
 
 from fastpgd.data import ImageDataset
 
-__all__ = ["DEVICE_BYTES", "BatchSource", "EpochOrder", "augment_crop_flip"]
+__all__ = [
+    "CROP_PADDING",
+    "DEVICE_BYTES",
+    "BatchSource",
+    "CropFlip",
+    "EpochOrder",
+    "augment_crop_flip",
+]
 
 #: Datasets whose stored images take at most this many bytes live on a CUDA device.
 DEVICE_BYTES = 2 << 30
@@ -141,7 +148,65 @@ class BatchSource:
             yield x, self.labels.index_select(0, rows), host[b * size : (b + 1) * size]
 
 
-def augment_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+class CropFlip:
+    """The crops and flips of one batch, as index maps from the padded frame to the batch.
+
+    Each example's image is zero-padded by ``CROP_PADDING`` on every side; example ``i`` of the
+    augmented batch reads rows ``rows[i]`` and columns ``cols[i]`` of its padded image (the
+    columns reversed when it is flipped). :meth:`crop` applies the map to anything laid out in
+    the padded frame; :meth:`paste` writes a batch back through it. Within one example the map
+    is one-to-one, so ``paste`` after ``crop`` is exact: a per-example memory kept in the
+    padded frame follows each image through every crop and flip.
+
+    Args:
+        rows (Tensor[N, H]): padded-frame row of each output row.
+        cols (Tensor[N, W]): padded-frame column of each output column.
+    """
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor):
+        self.rows = rows
+        self.cols = cols
+
+    @staticmethod
+    def draw(n: int, height: int, width: int, generator: torch.Generator) -> CropFlip:
+        """Random crops and flips (probability 1/2) for ``n`` images of ``height x width``,
+        drawn from ``generator`` on its device with no host work."""
+        p, device = CROP_PADDING, generator.device
+        # Three draws of fixed size and order: the generator's state stays a function of the step.
+        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=device)
+        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=device)
+        flip = torch.rand((n, 1), generator=generator, device=device) < 0.5
+        rows = dy + torch.arange(height, device=device)
+        cols = dx + torch.arange(width, device=device)
+        return CropFlip(rows, torch.where(flip, cols.flip(1), cols))
+
+    @staticmethod
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        """``x`` zero-padded into the padded frame."""
+        p = CROP_PADDING
+        return F.pad(x, (p, p, p, p))
+
+    def _index(self, channels: int):
+        n, h = self.rows.shape
+        w = self.cols.shape[1]
+        device = self.rows.device
+        batch = torch.arange(n, device=device).view(n, 1, 1, 1)
+        channel = torch.arange(channels, device=device).view(1, channels, 1, 1)
+        return batch, channel, self.rows.view(n, 1, h, 1), self.cols.view(n, 1, 1, w)
+
+    def crop(self, padded: torch.Tensor) -> torch.Tensor:
+        """The batch view of ``padded`` (Tensor[N, C, H + 2p, W + 2p]): Tensor[N, C, H, W]."""
+        return padded[self._index(padded.shape[1])]
+
+    def paste(self, padded: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` (Tensor[N, C, H, W]) into ``padded`` where :meth:`crop` reads them;
+        the rest of ``padded`` is left as it was."""
+        padded[self._index(padded.shape[1])] = values
+
+
+def augment_crop_flip(
+    x: torch.Tensor, generator: torch.Generator, *, return_crop: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, CropFlip]:
     """Random crops of a zero-padded image and random horizontal flips, per example.
 
     The standard CIFAR augmentation (padding 4, crop back to the input size, flip with
@@ -150,20 +215,19 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tens
     Args:
         x (Tensor[N, C, H, W]): the batch.
         generator (torch.Generator): on ``x``'s device; the only source of randomness.
+        return_crop (bool): also return the :class:`CropFlip` drawn. Default: ``False``.
 
     Returns:
-        Tensor[N, C, H, W]: a new tensor.
+        Tensor[N, C, H, W]: a new tensor (and the :class:`CropFlip` with ``return_crop``).
+
+    Examples::
+
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> out, crop = augment_crop_flip(x, torch.Generator().manual_seed(0), return_crop=True)
+        >>> torch.equal(out, crop.crop(CropFlip.pad(x)))
+        True
     """
-    n, c, h, w = x.shape
-    p = CROP_PADDING
-    padded = F.pad(x, (p, p, p, p))
-    # Three draws of fixed size and order: the generator's state stays a function of the step.
-    dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=x.device)
-    flip = torch.rand((n, 1), generator=generator, device=x.device) < 0.5
-    rows = dy + torch.arange(h, device=x.device)
-    cols = dx + torch.arange(w, device=x.device)
-    cols = torch.where(flip, cols.flip(1), cols)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, channel, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    n, _, h, w = x.shape
+    crop = CropFlip.draw(n, h, w, generator)
+    out = crop.crop(CropFlip.pad(x))
+    return (out, crop) if return_crop else out

@@ -144,7 +144,7 @@ class CapturedTrainStep:
                                 amp_dtype=t.amp_dtype, check_inputs=False)  # fmt: skip
         with autocast(c.amp, x_adv.device):
             logits = t.model(x_adv)
-            loss = F.cross_entropy(logits, g.y)
+            loss = F.cross_entropy(logits, g.y, label_smoothing=c.label_smoothing)
         loss.backward()
         t.optimizer.step()
         if g.loss is None:

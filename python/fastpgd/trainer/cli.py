@@ -13,7 +13,9 @@ from fastpgd.trainer.config import (
     ATTACKS,
     CUDA_GRAPHS,
     LR_SCHEDULES,
+    METHODS,
     MODELS,
+    ON_COLLAPSE,
     OPTIMIZERS,
     REPLAY_DTYPES,
     SYNCS,
@@ -121,7 +123,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--lr-schedule",
         choices=LR_SCHEDULES,
         help="piecewise: the rate divided by 10 at 50%% and 75%% of the steps (default for "
-        "CIFAR); constant (default otherwise)",
+        "CIFAR); constant (default otherwise); cosine: down to 0 along half a cosine; onecycle: "
+        "torch's OneCycleLR (up from lr/25 over 30%% of the steps, then down to lr/25e4)",
     )
     opt.add_argument("--eps", type=positive_float, help="Linf radius (training and evaluation)")
     opt.add_argument("--alpha", type=positive_float, help="PGD step size")
@@ -163,8 +166,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "(slower; recorded in checkpoints)",
     )
 
+    _configure_methods(parser, d)
+
     rp = parser.add_argument_group(
-        "attacking less (evaluation is unchanged)",
+        "replay memory and free training (evaluation is unchanged)",
         "--replay: warm-start each example's attack from its perturbation of the previous epoch "
         "(Zheng et al., CVPR 2020); --free-replays m: free adversarial training (Shafahi et al., "
         "NeurIPS 2019), each batch trained m times, ceil(epochs / m) passes",
@@ -172,7 +177,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     rp.add_argument(
         "--replay",
         action="store_true",
-        help="keep one perturbation per training example across epochs",
+        help="the same as --method replay (kept for existing commands)",
     )
     rp.add_argument(
         "--replay-steps",
@@ -198,7 +203,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=d.free_replays,
         metavar="M",
-        help="free adversarial training with M replays per batch; 1: off (default)",
+        help="--method free: M replays per batch (default: 4); given alone (M > 1), the same as "
+        "--method free --free-replays M (kept for existing commands)",
     )
 
     ev = parser.add_argument_group("evaluation")
@@ -253,6 +259,73 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     ck.add_argument("--checkpoint-every", type=nonneg_int, default=d.checkpoint_every)
     ck.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.set_defaults(func=_cmd_train)
+
+
+def _configure_methods(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The training method, its own settings, the recipe and the overfitting guard."""
+    me = parser.add_argument_group(
+        "training method and recipe",
+        "pgd: Madry et al. 2018; fgsm-rs: FGSM from a random start, step 1.25 eps (Wong et al. "
+        "2020); n-fgsm: noise of 2 eps, step eps, not projected (de Jorge et al. 2022); free: "
+        "each batch m times (Shafahi et al. 2019); replay: PGD warm-started from a per-example "
+        "memory; pgi: FGSM from a per-example prior with momentum and a logit regulariser (Jia "
+        "et al. 2022); trades: the KL objective, beta 6 (Zhang et al. 2019)",
+    )
+    me.add_argument("--method", choices=METHODS, help="default: pgd")
+    me.add_argument("--fgsm-step", type=positive_float, metavar="K",
+                    help="fgsm-rs, n-fgsm, pgi: the step in multiples of eps "
+                    "(default: 1.25 for fgsm-rs, 1 otherwise)")  # fmt: skip
+    me.add_argument("--fgsm-noise", type=nonneg_float, metavar="K",
+                    help="fgsm-rs, n-fgsm: the start is uniform in K x eps (default: 1 for "
+                    "fgsm-rs, 2 for n-fgsm)")  # fmt: skip
+    me.add_argument(
+        "--pgi-momentum",
+        type=nonneg_float,
+        metavar="MU",
+        help="pgi: decay of the stored momentum (default: 0.3)",
+    )
+    me.add_argument(
+        "--pgi-lambda",
+        type=nonneg_float,
+        metavar="L",
+        help="pgi: weight of the logit regulariser (default: 10)",
+    )
+    me.add_argument(
+        "--pgi-reset",
+        type=nonneg_int,
+        metavar="R",
+        help="pgi: new priors every R epochs; 0: only at the start (default: 40)",
+    )
+    me.add_argument(
+        "--trades-beta",
+        type=nonneg_float,
+        metavar="BETA",
+        help="trades: weight of the KL term (default: 6)",
+    )
+    me.add_argument(
+        "--label-smoothing",
+        type=nonneg_float,
+        default=d.label_smoothing,
+        metavar="S",
+        help="label smoothing of the training loss (default: 0)",
+    )
+    me.add_argument(
+        "--ema",
+        type=positive_float,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights with this decay "
+        "per step (e.g. 0.999); it is what is evaluated and checkpointed",
+    )
+    me.add_argument(
+        "--guard",
+        type=nonneg_int,
+        metavar="N",
+        help="catastrophic-overfitting guard: PGD accuracy on N training images "
+        "after every epoch; 0: off (default: 256 for fgsm-rs, n-fgsm, pgi; else 0)",
+    )
+    me.add_argument("--on-collapse", choices=ON_COLLAPSE, default=d.on_collapse,
+                    help="what a collapse the guard sees does: report (one line, default), stop "
+                    "training, or restore the last good epoch's weights and stop")  # fmt: skip
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

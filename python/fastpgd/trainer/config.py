@@ -56,12 +56,30 @@ for _name, _defaults in DATASET_DEFAULTS.items():
 
 MODELS = ("madry-cnn", "preact-resnet18", "wrn-34-10")
 OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "piecewise")
+LR_SCHEDULES = ("constant", "piecewise", "cosine", "onecycle")
 ATTACKS = ("fused", "reference", "none")
 REPLAY_DTYPES = ("input", "float16", "int8")
 SYNCS = ("auto", "none", "cuda", "events")
 CUDA_GRAPHS = ("auto", "off", "attack", "step")
 AMPS = ("off", "bf16", "fp16")
+#: The training methods, one module each under :mod:`fastpgd.trainer.methods`.
+METHODS = ("pgd", "fgsm-rs", "n-fgsm", "free", "replay", "pgi", "trades")
+ON_COLLAPSE = ("report", "stop", "restore")
+#: Each method's own settings and their defaults; a setting given for a method not listed here
+#: is refused (it would be ignored). ``replay_steps`` is filled from ``attack_steps``.
+METHOD_SETTINGS = {
+    "fgsm_step": {"fgsm-rs": 1.25, "n-fgsm": 1.0, "pgi": 1.0},  # Wong et al.; de Jorge et al.
+    "fgsm_noise": {"fgsm-rs": 1.0, "n-fgsm": 2.0},
+    "free_replays": {"free": 4},  # Shafahi et al. find m = 4 to 10 works; m = 4 is the cheapest
+    "pgi_momentum": {"pgi": 0.3},  # Jia et al.'s CIFAR-10 settings
+    "pgi_lambda": {"pgi": 10.0},
+    "pgi_reset": {"pgi": 40},
+    "trades_beta": {"trades": 6.0},  # Zhang et al.'s beta for CIFAR-10 (1/lambda in the paper)
+    "replay_steps": {"replay": None},
+}
+#: The single-step methods, prone to catastrophic overfitting: the guard is on by default.
+GUARDED_METHODS = ("fgsm-rs", "n-fgsm", "pgi")
+GUARD_IMAGES = 256  # the guard's default slice: a few hundred images, a few batches of PGD
 
 # Settings that shape the sequence of weights: a checkpoint continues only under the same ones.
 # (deterministic is checked on its own, with its own message; cuda_graph is not here: the
@@ -71,6 +89,9 @@ TRAJECTORY_FIELDS = (
     "attack_steps", "attack", "seed", "replay", "replay_steps", "replay_reset", "replay_dtype",
     "free_replays", "model", "optimizer", "momentum", "weight_decay", "lr_schedule", "augment",
     "amp", "tf32",
+    # the methods and their recipe
+    "method", "fgsm_step", "fgsm_noise", "pgi_momentum", "pgi_lambda", "pgi_reset",
+    "trades_beta", "label_smoothing", "ema", "guard", "on_collapse",
 )  # fmt: skip
 # Settings added after the first checkpoint version, with the value older checkpoints imply.
 TRAJECTORY_DEFAULTS = {
@@ -78,7 +99,20 @@ TRAJECTORY_DEFAULTS = {
     "free_replays": 1, "model": "madry-cnn", "optimizer": "adam", "momentum": 0.0,
     "weight_decay": 0.0, "lr_schedule": "constant", "augment": False, "amp": "off",
     "tf32": False,
+    "fgsm_step": None, "fgsm_noise": None, "pgi_momentum": None, "pgi_lambda": None,
+    "pgi_reset": None, "trades_beta": None, "label_smoothing": 0.0, "ema": None, "guard": 0,
+    "on_collapse": "report",
 }  # fmt: skip
+
+
+def implied_method(saved: dict) -> str:
+    """The method of a configuration saved before ``method`` existed: ``replay`` and
+    ``free_replays`` chose it then."""
+    if saved.get("replay"):
+        return "replay"
+    return "free" if (saved.get("free_replays") or 1) > 1 else "pgd"
+
+
 EVAL_SEED_OFFSET = 1_000_003  # evaluation draws from its own generator, never the training one
 
 
@@ -109,8 +143,12 @@ class TrainConfig:
         momentum (float, optional): SGD momentum. Default: 0.9 with ``"sgd"``, 0 with
             ``"adam"`` (which takes none).
         weight_decay (float, optional): Default: per dataset (5e-4 for CIFAR, else 0).
-        lr_schedule (str, optional): ``"constant"`` or ``"piecewise"`` (the learning rate
-            divided by 10 after 50% and again after 75% of the steps). Default: per dataset.
+        lr_schedule (str, optional): ``"constant"``, ``"piecewise"`` (the learning rate
+            divided by 10 after 50% and again after 75% of the steps), ``"cosine"`` (from
+            ``lr`` down to 0 along half a cosine) or ``"onecycle"`` (the learning rate of
+            :class:`torch.optim.lr_scheduler.OneCycleLR` with its defaults: up from ``lr / 25``
+            to ``lr`` over the first 30% of the steps, then down to ``lr / 25e4``, both along
+            cosines; the momentum is not cycled). Default: per dataset.
         augment (bool, optional): random crops (4-pixel zero padding) and horizontal flips,
             drawn on the device from the run's seed. Default: per dataset (CIFAR only).
         eval_every (int): evaluate every this many epochs (0: only at the end). Default: 0.
@@ -159,9 +197,35 @@ class TrainConfig:
         replay_reset (int): forget the memory every this many epochs (0: never). Default: 0.
         replay_dtype (str): ``"input"``, ``"float16"`` or ``"int8"``: how the memory stores
             perturbations (see :class:`~fastpgd.replay.ReplayMemory`). Default: ``"input"``.
-        free_replays (int): train each batch this many times, free adversarial training
-            (Shafahi et al.); 1: off. Epochs become ``ceil(epochs / free_replays)`` passes.
-            Default: 1.
+        free_replays (int, optional): ``method="free"``: train each batch this many times
+            (Shafahi et al.'s m); epochs become ``ceil(epochs / free_replays)`` passes. Given
+            alone (> 1) it selects ``method="free"``. Default: 4.
+        method (str, optional): how each batch is trained (one module each under
+            :mod:`fastpgd.trainer.methods`): ``"pgd"`` (Madry et al.), ``"fgsm-rs"`` (Wong et
+            al. 2020), ``"n-fgsm"`` (de Jorge et al. 2022), ``"free"`` (Shafahi et al. 2019),
+            ``"replay"`` (the replay memory), ``"pgi"`` (FGSM-PGI, Jia et al. 2022) or
+            ``"trades"`` (Zhang et al. 2019). Default: ``"replay"`` when ``replay``,
+            ``"free"`` when ``free_replays > 1``, else ``"pgd"``.
+        fgsm_step (float, optional): the single step of ``fgsm-rs``, ``n-fgsm`` and ``pgi``,
+            in multiples of ``eps``. Default: 1.25 (fgsm-rs), 1 (n-fgsm, pgi).
+        fgsm_noise (float, optional): the half-width of the uniform start of ``fgsm-rs`` and
+            ``n-fgsm``, in multiples of ``eps``. Default: 1 (fgsm-rs), 2 (n-fgsm).
+        pgi_momentum (float, optional): ``pgi``: decay of the stored momentum. Default: 0.3.
+        pgi_lambda (float, optional): ``pgi``: weight of the logit regulariser. Default: 10.
+        pgi_reset (int, optional): ``pgi``: draw a new prior every this many epochs (0: only
+            at the start). Default: 40.
+        trades_beta (float, optional): ``trades``: weight of the KL term. Default: 6.
+        label_smoothing (float): label smoothing of the training loss, in [0, 1). Default: 0.
+        ema (float, optional): keep an exponential moving average of the weights with this
+            decay (per optimizer step, in (0, 1)); it is what is evaluated, returned and
+            checkpointed beside the raw weights. Default: ``None`` (off).
+        guard (int, optional): the catastrophic-overfitting guard: PGD accuracy on this many
+            training images (a fixed slice) after every epoch; 0: off. Default: 256 for
+            ``fgsm-rs``, ``n-fgsm`` and ``pgi``, else 0.
+        on_collapse (str): what a collapse the guard sees does: ``"report"`` (one line),
+            ``"stop"`` (stop training), ``"restore"`` (put back the weights and optimizer state
+            of the last good epoch and stop, as Wong et al.'s early stopping). Default:
+            ``"report"``.
     """
 
     dataset: str = "digits"
@@ -208,7 +272,19 @@ class TrainConfig:
     replay_steps: int | None = None
     replay_reset: int = 0
     replay_dtype: str = "input"
-    free_replays: int = 1
+    free_replays: int | None = None
+    # -- the training method and its recipe
+    method: str | None = None
+    fgsm_step: float | None = None
+    fgsm_noise: float | None = None
+    pgi_momentum: float | None = None
+    pgi_lambda: float | None = None
+    pgi_reset: int | None = None
+    trades_beta: float | None = None
+    label_smoothing: float = 0.0
+    ema: float | None = None
+    guard: int | None = None
+    on_collapse: str = "report"
 
     def resolved(self) -> TrainConfig:
         """A copy with the dataset's defaults filled in, every field checked.
@@ -225,7 +301,8 @@ class TrainConfig:
             c.momentum = SGD_MOMENTUM if c.optimizer == "sgd" else 0.0
         if c.eval_steps is None:
             c.eval_steps = 2 * c.attack_steps
-        if c.replay and c.replay_steps is None:
+        _resolve_method(c)
+        if c.method == "replay" and c.replay_steps is None:
             if isinstance(c.attack_steps, int) and not isinstance(c.attack_steps, bool):
                 c.replay_steps = max(1, math.ceil(c.attack_steps / 4))
         if c.dataset != "synthetic":
@@ -251,12 +328,12 @@ class TrainConfig:
                               ("sync", SYNCS), ("cuda_graph", CUDA_GRAPHS),
                               ("amp", AMPS)):  # fmt: skip
             _check_choice(name, getattr(c, name), choices)
-        if c.replay and c.free_replays > 1:
-            raise ValueError("replay and free_replays > 1 exclude each other: free adversarial "
-                             "training keeps its own perturbation buffer")  # fmt: skip
-        if (c.replay or c.free_replays > 1) and c.attack == "none":
-            what = "replay" if c.replay else "free_replays"
+        if c.method != "pgd" and c.attack == "none":
+            what = {"replay": "replay", "free": "free_replays"}.get(
+                c.method, f"method={c.method!r}"
+            )
             raise ValueError(f"{what} needs an attack; got attack='none'")
+        _check_recipe(c)
         for name in ("lr", "eps", "alpha"):
             setattr(c, name, _check_float(name, getattr(c, name), positive=True))
         for name in ("momentum", "weight_decay"):
@@ -275,6 +352,72 @@ class TrainConfig:
         if c.checkpoint_every and not c.checkpoint:
             raise ValueError("checkpoint_every needs checkpoint: the file to write")
         return c
+
+
+def _resolve_method(c: TrainConfig) -> None:
+    """Fill ``c.method`` (from the ``replay`` and ``free_replays`` aliases when unset) and its
+    own settings; refuse a setting given for another method."""
+    if not isinstance(c.replay, bool):
+        raise TypeError(f"replay must be a bool, got {type(c.replay).__name__}")
+    if c.free_replays is not None:
+        _check_int("free_replays", c.free_replays, minimum=1)
+    free_m = c.free_replays or 1
+    if c.replay and free_m > 1:
+        raise ValueError("replay and free_replays > 1 exclude each other: free adversarial "
+                         "training keeps its own perturbation buffer")  # fmt: skip
+    if c.method is None:
+        c.method = "replay" if c.replay else "free" if free_m > 1 else "pgd"
+    _check_choice("method", c.method, METHODS)
+    if c.replay and c.method != "replay":
+        raise ValueError(f"replay=True is method='replay' (its alias); got method={c.method!r}")
+    if c.free_replays == 1 and c.method != "free":
+        c.free_replays = None  # "1: off", as before methods existed
+    for name, defaults in METHOD_SETTINGS.items():
+        value = getattr(c, name)
+        if value is None:
+            setattr(c, name, defaults.get(c.method))
+        elif c.method not in defaults:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{name} ({flag}) applies to method {' or '.join(defaults)}; got "
+                             f"method={c.method!r}")  # fmt: skip
+    c.replay = c.method == "replay"
+    if c.method != "free":
+        c.free_replays = 1  # the value that has meant "no free training" since the first version
+
+
+def natural_method() -> dict:
+    """The :class:`TrainConfig` fields that make a configuration's method natural training
+    (``method="pgd"`` with ``attack="none"``, no method settings, no guard), for its naturally
+    trained twin."""
+    return {"method": "pgd", "replay": False, "free_replays": None, "guard": None,
+            "on_collapse": "report", **{name: None for name in METHOD_SETTINGS}}  # fmt: skip
+
+
+def _check_recipe(c: TrainConfig) -> None:
+    """The method's own settings and the recipe (label smoothing, EMA, the guard)."""
+    if c.fgsm_step is not None:
+        c.fgsm_step = _check_float("fgsm_step", c.fgsm_step, positive=True)
+    for name in ("fgsm_noise", "pgi_momentum", "pgi_lambda", "trades_beta"):
+        if getattr(c, name) is not None:
+            setattr(c, name, _check_float(name, getattr(c, name), positive=False))
+    if c.pgi_momentum is not None and c.pgi_momentum >= 1.0:
+        raise ValueError(f"pgi_momentum must be < 1, got {c.pgi_momentum}")
+    if c.pgi_reset is not None:
+        _check_int("pgi_reset", c.pgi_reset, minimum=0)
+    c.label_smoothing = _check_float("label_smoothing", c.label_smoothing, positive=False)
+    if c.label_smoothing >= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
+    if c.ema is not None:
+        c.ema = _check_float("ema", c.ema, positive=True)
+        if c.ema >= 1.0:
+            raise ValueError(f"ema must be a decay in (0, 1), got {c.ema}")
+    if c.guard is None:
+        c.guard = GUARD_IMAGES if c.method in GUARDED_METHODS else 0
+    _check_int("guard", c.guard, minimum=0)
+    _check_choice("on_collapse", c.on_collapse, ON_COLLAPSE)
+    if c.on_collapse != "report" and not c.guard:
+        raise ValueError(f"on_collapse={c.on_collapse!r} needs the guard: set guard > 0 (the "
+                         "training images it checks after every epoch)")  # fmt: skip
 
 
 def pixel_budget(value: float) -> str:
@@ -312,7 +455,8 @@ class TrainResult:
     """What :meth:`Trainer.fit` returns.
 
     Attributes:
-        model (nn.Module): the trained network (not the DDP wrapper).
+        model (nn.Module): the evaluated network: the weight average with ``ema``, else the
+            trained network (not the DDP wrapper).
         clean_acc (float): accuracy on the test split, in [0, 1] (NaN when interrupted or
             not evaluated).
         pgd_acc (float): accuracy under the evaluation PGD attack at ``config.eps``.
@@ -324,6 +468,9 @@ class TrainResult:
         config (TrainConfig): the resolved configuration.
         natural (TrainResult, optional): the naturally trained model of the same budget, when
             ``compare_natural`` was set.
+        collapse (dict, optional): what the catastrophic-overfitting guard saw when it found a
+            collapse (``epoch``, ``step``, ``pgd_acc``, ``clean_acc``, ``best_pgd_acc``,
+            ``best_epoch``, ``action``); ``None`` when it found none or was off.
     """
 
     model: nn.Module
@@ -335,3 +482,4 @@ class TrainResult:
     timers: object
     config: TrainConfig
     natural: TrainResult | None = None
+    collapse: dict | None = None

@@ -1,6 +1,9 @@
 """The :class:`Trainer`: the model and optimizer, the training loop with its timed phases, and
-evaluation. Checkpoint contents live in :mod:`~fastpgd.trainer.state`, the captured step in
-:mod:`~fastpgd.trainer.captured_step`, the batches in :mod:`~fastpgd.trainer.batches`."""
+evaluation. The training methods live in :mod:`~fastpgd.trainer.methods` (the loop keeps what all
+of them share), checkpoint contents in :mod:`~fastpgd.trainer.state`, the captured step in
+:mod:`~fastpgd.trainer.captured_step`, the batches in :mod:`~fastpgd.trainer.batches`, the weight
+average in :mod:`~fastpgd.trainer.ema`, the catastrophic-overfitting guard in
+:mod:`~fastpgd.trainer.guard`."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import threading
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastpgd import _paths
@@ -25,6 +27,14 @@ from fastpgd.trainer.batches import BatchSource, EpochOrder, augment_crop_flip
 from fastpgd.trainer.captured_step import CapturedTrainStep
 from fastpgd.trainer.config import EVAL_SEED_OFFSET, TrainConfig, TrainResult, pixel_budget
 from fastpgd.trainer.distributed import _wants_cuda, init_distributed, pick_device
+from fastpgd.trainer.ema import WeightAverage
+from fastpgd.trainer.guard import (
+    CollapseGuard,
+    guard_indices,
+    restore_training_state,
+    training_state,  # fmt: skip
+)
+from fastpgd.trainer.methods import METHOD_CLASSES, Batch, MethodContext
 from fastpgd.trainer.numerics import (
     AMP_DTYPES,
     autocast,
@@ -32,6 +42,7 @@ from fastpgd.trainer.numerics import (
     process_settings,
     require_cublas_workspace,  # fmt: skip
 )
+from fastpgd.trainer.schedules import PER_STEP_SCHEDULES, learning_rate
 
 __all__ = ["Trainer", "build_model", "resolve_cuda_graph"]
 
@@ -39,6 +50,7 @@ __all__ = ["Trainer", "build_model", "resolve_cuda_graph"]
 # agreement reads a device value on the host, which would stall every step.
 STOP_CHECK_EVERY = 20
 PROGRESS_EVERY = 10  # steps between progress-bar updates
+GUARD_SEED_OFFSET = 2_000_029  # the guard's attack draws from its own generator too
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
@@ -88,29 +100,31 @@ def resolve_cuda_graph(config: TrainConfig, device: torch.device, distributed: b
     if asked == "off":
         return "off", False, None
     mode = "attack" if asked == "auto" else asked
+    method = METHOD_CLASSES[config.method]
     blockers = []
     if mode == "step":
-        if config.replay:
-            blockers.append("the replay memory's warm starts (--replay)")
-        if config.free_replays > 1:
-            blockers.append("free training (--free-replays)")
+        if not method.captures_step:
+            blockers.append(method.step_blocker)
         if distributed:
             blockers.append("DDP's gradient all-reduce")
         if config.amp == "fp16":
             blockers.append("the fp16 gradient scaler (it reads a device value on the host)")
-    if config.free_replays > 1:
-        # Free training has no attack call of its own: its perturbation is a by-product of the
-        # training backward pass, so nothing is left to capture but evaluation.
+        if config.lr_schedule in PER_STEP_SCHEDULES:
+            blockers.append(f"a learning rate that changes at every step (--lr-schedule "
+                            f"{config.lr_schedule}: the captured step bakes it in)")  # fmt: skip
+    what = f"cuda graph: 'step' cannot capture {'; '.join(blockers)}"
+    if not method.attacks:
+        # No attack call of its own (its perturbation comes from training forward and backward
+        # passes, or from its own update): nothing is left to capture but evaluation.
         note = None
         if blockers:
-            note = f"cuda graph: 'step' cannot capture {'; '.join(blockers)}: training runs eagerly"
+            note = f"{what}: training runs eagerly"
+        elif asked == "attack":
+            note = (f"cuda graph: method {config.method!r} has no separate attack to capture: "
+                    "training runs eagerly, evaluation replays graphs")  # fmt: skip
         return "off", True, note
     if blockers:
-        return (
-            "attack",
-            True,
-            (f"cuda graph: 'step' cannot capture {'; '.join(blockers)}: capturing the attack only"),
-        )
+        return "attack", True, f"{what}: capturing the attack only"
     return mode, True, None
 
 
@@ -260,23 +274,31 @@ class Trainer:
 
         self.timers = Timers(sync=None if sync == "none" else sync)
 
-        if self.dist.enabled and (c.replay or c.free_replays > 1):
-            # Each rank sees other examples every epoch and a checkpoint holds rank 0's state
-            # only: neither the memory nor the free buffer would be exact across ranks.
-            raise ValueError("replay and free_replays > 1 run in a single process for now; "
-                             f"got world size {self.dist.world_size}")  # fmt: skip
-        self.memory = None
-        if c.replay:
-            from fastpgd.replay import ReplayMemory
+        method_class = METHOD_CLASSES[c.method]
+        if self.dist.enabled and method_class.single_process:
+            # Its state is per example (each rank sees other examples every epoch, and a
+            # checkpoint holds rank 0's state only) or it trains through two forward passes.
+            raise ValueError(f"method {c.method!r} runs in a single process for now; got world "
+                             f"size {self.dist.world_size}")  # fmt: skip
+        self.ema = WeightAverage(self.model, c.ema) if c.ema is not None else None
+        from fastpgd.step import pgd_step_, reference_pgd_step
 
-            self.memory = ReplayMemory(len(train_set), train_set.image_shape, eps=c.eps,
-                                       dtype=c.replay_dtype, device=self.device,
-                                       reset_every=c.replay_reset)  # fmt: skip
-        # Free adversarial training: one perturbation of batch shape, carried across batches.
-        self.free_delta = None
-        if c.free_replays > 1:
-            self.free_delta = torch.zeros((c.batch_size, *train_set.image_shape),
-                                          device=self.device)  # fmt: skip
+        self.method = method_class(
+            MethodContext(
+                model=self.model, net=self.ddp, optimizer=self.optimizer, config=c,
+                timers=self.timers, generator=self.attack_gen, attack_fn=self.attack_fn,
+                step_fn=reference_pgd_step if c.attack == "reference" else pgd_step_,
+                scaler=self.scaler, attack_graph=self.graph_mode == "attack",
+                amp_dtype=self.amp_dtype, after_update=self._after_update,
+            ),
+            len(train_set), train_set.image_shape,
+        )  # fmt: skip
+        self.guard = None
+        if c.guard:
+            self.guard = CollapseGuard(c.on_collapse)
+            rows = guard_indices(len(train_set), c.guard).tolist()
+            self.guard_set = ImageDataset(*train_set[rows], num_classes=train_set.num_classes,
+                                          name=f"{train_set.name} guard slice")  # fmt: skip
         self.captured = CapturedTrainStep(self) if self.graph_mode == "step" else None
 
         self.step = 0
@@ -319,21 +341,15 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based) under ``config.lr_schedule``.
 
-        The piecewise schedule is laid over the planned epochs, not ``max_steps``: stopping
-        early (or in two parts, with a resume) leaves the learning rate of each step as it is.
+        Every schedule is laid over the planned epochs, not ``max_steps``: stopping early (or
+        in two parts, with a resume) leaves the learning rate of each step as it is.
         """
         c = self.config
-        if c.lr_schedule == "constant":
-            return c.lr
-        total = self.planned_steps()
-        # Piecewise: divided by 10 after half of the steps and again after three quarters.
-        return c.lr * (0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4)))
+        return learning_rate(c.lr_schedule, c.lr, step, self.planned_steps())
 
     def planned_steps(self) -> int:
         """Steps of ``config.epochs`` epochs (batches, for free training)."""
-        c = self.config
-        # Free training passes over each batch free_replays times: fewer epochs, as many updates.
-        return math.ceil(c.epochs / c.free_replays) * self.order.batches_per_epoch
+        return self.method.passes(self.config.epochs) * self.order.batches_per_epoch
 
     def total_steps(self) -> int:
         """Steps this run goes to: the planned ones, or ``config.max_steps`` if fewer."""
@@ -406,27 +422,9 @@ class Trainer:
             n_total = min(c.eval_limit, n_total)
         indices = list(range(self.dist.rank, n_total, self.dist.world_size))
         # Its own seed: evaluating must not move the training generators (resume equality).
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(c.seed + EVAL_SEED_OFFSET + self.dist.rank)
-        counts = torch.zeros(3, dtype=torch.float64, device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            settings = process_settings(deterministic=c.deterministic, tf32=c.tf32,
-                                        device=self.device)  # fmt: skip
-            with self.timers("eval"), settings:
-                for start in range(0, len(indices), c.eval_batch_size):
-                    x, y = self.test_set[indices[start : start + c.eval_batch_size]]
-                    x, y = self._to_device(x), y.to(self.device)
-                    counts[0] += self._correct(x, y)
-                    x_adv = self.attack_fn(self.model, x, y, eps=eps, alpha=c.alpha, steps=steps,
-                                           restarts=restarts, generator=gen,
-                                           amp_dtype=self.amp_dtype,
-                                           cuda_graph=self.eval_graph)  # fmt: skip
-                    counts[1] += self._correct(x_adv, y)
-                    counts[2] += len(y)
-        finally:
-            self.model.train(was_training)
+        counts = self._count_correct(self.eval_model, self.test_set, indices, eps=eps, steps=steps,
+                                     restarts=restarts, seed=c.seed + EVAL_SEED_OFFSET
+                                     + self.dist.rank, timer="eval")  # fmt: skip
         if self.dist.enabled:
             import torch.distributed as dist
 
@@ -435,10 +433,43 @@ class Trainer:
         n = max(int(n), 1)
         return {"clean_acc": clean / n, "pgd_acc": pgd / n, "n": n}
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated, returned and checkpointed as the model: the weight average when
+        ``config.ema`` is set, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _count_correct(self, model, dataset, indices, *, eps, steps, restarts, seed, timer):
+        """Clean and PGD-correct counts and the number of images, as a float64 device tensor of
+        3, on ``dataset[indices]``; the model in eval mode, put back as it was, even on errors."""
+        c = self.config
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)
+        was_training = model.training
+        model.eval()
+        try:
+            settings = process_settings(deterministic=c.deterministic, tf32=c.tf32,
+                                        device=self.device)  # fmt: skip
+            with self.timers(timer), settings:
+                for start in range(0, len(indices), c.eval_batch_size):
+                    x, y = dataset[indices[start : start + c.eval_batch_size]]
+                    x, y = self._to_device(x), y.to(self.device)
+                    counts[0] += self._correct(model, x, y)
+                    x_adv = self.attack_fn(model, x, y, eps=eps, alpha=c.alpha, steps=steps,
+                                           restarts=restarts, generator=gen,
+                                           amp_dtype=self.amp_dtype,
+                                           cuda_graph=self.eval_graph)  # fmt: skip
+                    counts[1] += self._correct(model, x_adv, y)
+                    counts[2] += len(y)
+        finally:
+            model.train(was_training)
+        return counts
+
     @torch.no_grad()
-    def _correct(self, x, y) -> torch.Tensor:
+    def _correct(self, model, x, y) -> torch.Tensor:
         with autocast(self.config.amp, self.device):
-            return (self.model(x).argmax(1) == y).sum()
+            return (model(x).argmax(1) == y).sum()
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -513,21 +544,18 @@ class Trainer:
                         f"deterministic {'on' if c.deterministic else 'off'}")  # fmt: skip
         for note in self.notes:
             self._print(note)
-        if self.memory is not None:
-            m = self.memory
-            self._print(
-                f"replay memory: {m.size} x {list(m.shape)} {m.storage_dtype} on "
-                f"{m.data.device} = {m.nbytes:,} bytes; {c.replay_steps} attack steps "
-                "from a warm start, "
-                + (f"reset every {c.replay_reset} epochs" if c.replay_reset else "never reset")
-            )
-        if self.free_delta is not None:
-            passes = math.ceil(c.epochs / c.free_replays)
-            self._print(
-                f"free adversarial training: each batch {c.free_replays} times, "
-                f"{passes} passes; perturbation buffer "
-                f"{self.free_delta.numel() * self.free_delta.element_size():,} bytes"
-            )
+        line = self.method.describe()
+        if line:
+            self._print(line)
+        recipe = [f"lr schedule {c.lr_schedule}"]
+        if c.label_smoothing:
+            recipe.append(f"label smoothing {c.label_smoothing:g}")
+        if self.ema is not None:
+            recipe.append(f"weight average (EMA) decay {c.ema:g}: it is what is evaluated")
+        if self.guard is not None:
+            recipe.append(f"overfitting guard on {len(self.guard_set)} training images, on "
+                          f"collapse: {c.on_collapse}")  # fmt: skip
+        self._print(f"method {c.method}; " + "; ".join(recipe))
 
     def fit(self, evaluate: bool = True) -> TrainResult:
         """Train (resuming first when ``config.resume``), then evaluate and write the outputs.
@@ -586,9 +614,8 @@ class Trainer:
         interrupted = False
         self.ddp.train()
         try:
-            while self.step < total and not interrupted:
-                if self.memory is not None:
-                    self.memory.start_epoch(self.epoch)
+            while self.step < total and not interrupted and not self._halted():
+                self.method.start_epoch(self.epoch)
                 batches = self.batches.epoch(self.epoch, self.position)
                 for _ in range(per_epoch - self.position):
                     if self.step >= total:
@@ -597,11 +624,12 @@ class Trainer:
                     with self.timers("step"):
                         with self.timers("data"):
                             x, y, idx = next(batches)
+                            crop = None
                             if self.augment_gen is not None:
-                                x = augment_crop_flip(x, self.augment_gen)
+                                x, crop = augment_crop_flip(x, self.augment_gen, return_crop=True)
                             if c.channels_last:
                                 x = x.contiguous(memory_format=torch.channels_last)
-                        loss, logits = self._one_step(x, y, idx)
+                        loss, logits = self._one_step(x, y, idx, crop)
                     self.step += 1
                     self.position += 1
                     if not bar.disable:  # the sums feed only the bar: no work without it
@@ -627,6 +655,10 @@ class Trainer:
                     self.epoch += 1
                     self.position = 0
                     progress.reset()
+                    if self.guard is not None:
+                        self._check_guard()
+                        if self._halted():
+                            break
                     if c.eval_every and self.epoch % c.eval_every == 0 and self.step < total:
                         self._record_eval()
         finally:
@@ -640,113 +672,42 @@ class Trainer:
             if group["lr"] != lr:
                 group["lr"] = lr
 
-    def _one_step(self, x, y, idx):
+    def _one_step(self, x, y, idx, crop=None):
         """One training step on a batch, timed by phase; returns ``(loss, logits)``."""
         if self.captured is not None:
             with self.timers("captured"):
-                return self.captured(x, y)
+                out = self.captured(x, y)
+            self._after_update()  # the weight average, outside the graph
+            return out
         with self.timers("setup"):
             self.optimizer.zero_grad(set_to_none=True)
-        if self.free_delta is not None:
-            return self._free_step(x, y)
-        if self.memory is not None:
-            x = self._replay_attack(x, y, idx)
-        elif self.config.attack != "none":
-            with self.timers("attack"):
-                x = self._attack(x, y, steps=self.config.attack_steps)
-        return self._update(x, y)
+        return self.method.step(Batch(x, y, idx, crop))
 
-    def _attack(self, x, y, *, steps, delta_init=None, return_delta=False):
-        """The training attack; the batch comes from a validated dataset, so no value checks
-        (they would read the device on the host at every step)."""
-        c = self.config
-        # The bare module: attacking through DDP would sync gradients.
-        return self.attack_fn(self.model, x, y, eps=c.eps, alpha=c.alpha, steps=steps,
-                              generator=self.attack_gen, delta_init=delta_init,
-                              random_start=delta_init is None, return_delta=return_delta,
-                              amp_dtype=self.amp_dtype, cuda_graph=self.graph_mode == "attack",
-                              check_inputs=False)  # fmt: skip
+    def _after_update(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
 
-    def _update(self, x, y):
-        """Forward, backward and optimizer step on the (adversarial) batch."""
-        c = self.config
-        with self.timers("forward"):
-            with autocast(c.amp, self.device):
-                logits = self.ddp(x)
-                loss = F.cross_entropy(logits, y)
-        with self.timers("backward"):
-            self._backward(loss)
-        with self.timers("update"):
-            self._optimizer_step()
-        return loss, logits
+    def _halted(self) -> bool:
+        return self.guard is not None and self.guard.halted
 
-    def _backward(self, loss):
-        """The backward pass, through the fp16 gradient scaler when there is one."""
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-
-    def _optimizer_step(self):
-        """The optimizer step, through the fp16 gradient scaler when there is one."""
-        if self.scaler is None:
-            self.optimizer.step()
-        else:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-
-    def _replay_attack(self, x, y, idx) -> torch.Tensor:
-        """The attack warm-started from the replay memory; stores the new perturbations."""
-        c, memory = self.config, self.memory
-        fresh = memory.fresh(idx)  # host flags: no device sync
-        n_fresh = int(fresh.sum())
-        if n_fresh == len(idx):
-            # Nothing stored yet (first epoch, or just reset): the full attack, random start.
-            delta_init, steps = None, c.attack_steps
-        else:
-            with self.timers("replay_gather"):
-                delta_init = memory.gather(idx)
-            steps = c.replay_steps
-            if n_fresh:
-                # Some entries were never written: random starts for them and the full attack.
-                from fastpgd.attacks.pgd import per_sample_view, random_delta
-
-                start = random_delta(x, c.eps, "linf", self.attack_gen)
-                mask = per_sample_view(fresh.to(self.device, non_blocking=True), x)
-                delta_init = torch.where(mask, start, delta_init)
-                steps = c.attack_steps
-        with self.timers("attack"):
-            x_adv, delta = self._attack(x, y, steps=steps, delta_init=delta_init,
-                                        return_delta=True)  # fmt: skip
-        with self.timers("replay_scatter"):
-            memory.scatter(idx, delta)
-        return x_adv
-
-    def _free_step(self, x, y):
-        """One batch of free adversarial training: ``free_replays`` updates of the weights, each
-        backward pass also giving the input gradient that moves the perturbation by ``eps``."""
-        from fastpgd.step import pgd_step_, reference_pgd_step
-
-        c = self.config
-        step_fn = reference_pgd_step if c.attack == "reference" else pgd_step_
-        n = x.shape[0]
-        delta = self.free_delta[:n]  # the last batch of an epoch may be smaller
-        x0 = x.contiguous()  # the step's x0; x itself is channels_last under --channels-last
-        for _ in range(c.free_replays):
-            with self.timers("forward"):
-                self.optimizer.zero_grad(set_to_none=True)
-                x_adv = (x + delta).clamp_(0.0, 1.0).requires_grad_(True)
-                with autocast(c.amp, self.device):
-                    logits = self.ddp(x_adv)
-                    loss = F.cross_entropy(logits, y)
-            with self.timers("backward"):
-                self._backward(loss)
-            with self.timers("update"):
-                self._optimizer_step()
-            with self.timers("attack"):
-                grad = x_adv.grad.contiguous()  # a channels_last model's is not
-                # alpha = eps: the paper's step for free training (FGSM-size on each replay).
-                moved = step_fn(x_adv.detach().contiguous(), grad, x0, eps=c.eps,
-                                alpha=c.eps, norm="linf", clamp=(0.0, 1.0))  # fmt: skip
-                torch.sub(moved, x, out=delta)
-        return loss, logits
+    def _check_guard(self) -> None:
+        """The catastrophic-overfitting check after an epoch (see :mod:`fastpgd.trainer.guard`):
+        PGD accuracy of the trained weights on the guard slice, the one-line report of a
+        collapse, and the restore or stop it asks for."""
+        c, guard = self.config, self.guard
+        dataset = self.guard_set
+        counts = self._count_correct(self.model, dataset, list(range(len(dataset))), eps=c.eps,
+                                     steps=c.attack_steps, restarts=1,
+                                     seed=c.seed + GUARD_SEED_OFFSET, timer="guard")  # fmt: skip
+        clean, pgd, n = counts.tolist()
+        collapse = guard.observe(self.epoch, self.step, clean / n, pgd / n)
+        if collapse is None:
+            if c.on_collapse == "restore" and guard.collapse is None:
+                guard.good = training_state(self)
+            return
+        if c.on_collapse == "restore":
+            restore_training_state(self, guard.good)
+        self._print(guard.describe(n))
 
     def _record_eval(self) -> dict:
         result = self.evaluate()
@@ -763,8 +724,9 @@ class Trainer:
 
     def _result(self, clean: float, pgd: float, interrupted: bool) -> TrainResult:
         return TrainResult(
-            model=self.model, clean_acc=clean, pgd_acc=pgd, steps=self.step,
+            model=self.eval_model, clean_acc=clean, pgd_acc=pgd, steps=self.step,
             interrupted=interrupted, history=self.history, timers=self.timers, config=self.config,
+            collapse=self.guard.collapse if self.guard is not None else None,
         )  # fmt: skip
 
 

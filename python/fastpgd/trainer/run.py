@@ -6,7 +6,7 @@ import dataclasses
 import sys
 import time
 
-from fastpgd.trainer.config import TrainConfig, TrainResult, pixel_budget
+from fastpgd.trainer.config import TrainConfig, TrainResult, natural_method, pixel_budget
 from fastpgd.trainer.loop import Trainer
 
 __all__ = ["train"]
@@ -45,7 +45,7 @@ def train(config: TrainConfig | None = None, *, out=None, **kwargs) -> TrainResu
         if c.compare_natural:
             nat_config = dataclasses.replace(
                 c, attack="none", compare_natural=False, checkpoint=None, checkpoint_every=0,
-                resume=False, timing_json=None, plot=None, report_every=0,
+                resume=False, timing_json=None, plot=None, report_every=0, **natural_method(),
             )  # fmt: skip
             natural_trainer = Trainer(nat_config, train_set=trainer.train_set,
                                       test_set=trainer.test_set, out=out)  # fmt: skip
@@ -76,6 +76,8 @@ def _method_label(c: TrainConfig) -> str:
         return f"adversarial training ({c.attack}, replay {c.replay_steps} steps)"
     if c.free_replays > 1:
         return f"free adversarial training ({c.attack}, m={c.free_replays})"
+    if c.method != "pgd":
+        return f"adversarial training ({c.method}, {c.attack})"
     return f"adversarial training ({c.attack})"
 
 

@@ -16,7 +16,7 @@ from fastpgd.checkpoint import (
     rng_state,
     set_rng_state,  # fmt: skip
 )
-from fastpgd.trainer.config import TRAJECTORY_DEFAULTS, TRAJECTORY_FIELDS
+from fastpgd.trainer.config import TRAJECTORY_DEFAULTS, TRAJECTORY_FIELDS, implied_method
 
 __all__ = ["check_compatible", "load_state", "state_of"]
 
@@ -44,7 +44,9 @@ def state_of(trainer) -> dict:
         "deterministic": c.deterministic,
         "model_signature": dict(trainer.model_signature),
         "world_size": trainer.dist.world_size,
-        "model": trainer.model.state_dict(),
+        # The evaluated model (the weight average with ema): what evaluation tools load. The
+        # trained weights travel in "ema" then.
+        "model": trainer.eval_model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         "step": trainer.step,
@@ -60,9 +62,21 @@ def state_of(trainer) -> dict:
         ),  # fmt: skip
         "timers": trainer.timers.state_dict(),
         "history": [dict(h) for h in trainer.history],
-        "replay_memory": trainer.memory.state_dict() if trainer.memory is not None else None,
-        "free_delta": trainer.free_delta.cpu() if trainer.free_delta is not None else None,
+        "method": trainer.method.state_dict(),
+        "ema": trainer.ema.state_dict(trainer.model) if trainer.ema is not None else None,
+        "guard": trainer.guard.state_dict() if trainer.guard is not None else None,
     }
+
+
+def _method_state(ckpt: dict):
+    """The method's state; checkpoints written before methods kept it under their own keys."""
+    if "method" in ckpt:
+        return ckpt["method"]
+    if ckpt.get("replay_memory") is not None:
+        return {"memory": ckpt["replay_memory"]}
+    if ckpt.get("free_delta") is not None:
+        return {"delta": ckpt["free_delta"]}
+    return None
 
 
 def check_compatible(trainer, ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
@@ -93,6 +107,7 @@ def check_compatible(trainer, ckpt: dict, path: str | os.PathLike = "checkpoint"
             f"world size {ckpt.get('world_size')} (this run: {trainer.dist.world_size})"
         )
     saved = ckpt.get("config", {})
+    saved = {"method": implied_method(saved), **saved}
     for name in TRAJECTORY_FIELDS:
         theirs = saved.get(name, TRAJECTORY_DEFAULTS.get(name))
         ours = getattr(c, name)
@@ -115,7 +130,10 @@ def load_state(trainer, ckpt: dict) -> None:
         # The captured graphs write into the optimizer state that loading replaces.
         trainer.captured.reset()
     try:
-        trainer.model.load_state_dict(ckpt["model"])
+        if trainer.ema is not None:
+            trainer.ema.load_state_dict(ckpt["ema"], ckpt["model"], trainer.model)
+        else:
+            trainer.model.load_state_dict(ckpt["model"])
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         if trainer.scaler is not None:
             trainer.scaler.load_state_dict(ckpt["scaler"])
@@ -127,9 +145,8 @@ def load_state(trainer, ckpt: dict) -> None:
             trainer.augment_gen.set_state(ckpt["augment_generator"].to("cpu"))
         trainer.timers.load_state_dict(ckpt["timers"])
         trainer.history = [dict(h) for h in ckpt["history"]]
-        if trainer.memory is not None:
-            trainer.memory.load_state_dict(ckpt["replay_memory"])
-        if trainer.free_delta is not None:
-            trainer.free_delta.copy_(ckpt["free_delta"])
+        trainer.method.load_state_dict(_method_state(ckpt))
+        if trainer.guard is not None:
+            trainer.guard.load_state_dict(ckpt["guard"])
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint is damaged or incomplete: {exc}") from exc
